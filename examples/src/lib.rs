@@ -1,0 +1,1 @@
+//! Shared helpers of Colony's runnable examples.
