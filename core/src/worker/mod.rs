@@ -1,0 +1,1 @@
+//! The worker's state machine (being written).
