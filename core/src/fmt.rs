@@ -14,8 +14,8 @@ macro_rules! log_at {
         #[cfg(feature = "log")]
         ::log::$log!($($arg)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
-        {
-            let _ = || ::core::format_args!($($arg)*);
+        if false {
+            let _ = ::core::format_args!($($arg)*);
         }
     }};
 }
