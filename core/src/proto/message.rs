@@ -8,7 +8,7 @@
 //! (postcard encodes a variant as its index): new variants go at the end, never in between. See
 //! `docs/wire-format.md`.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::batch::Batch;
 use crate::id::{Attempt, JobId, LeaseId, TaskId, WorkerId};
@@ -60,7 +60,7 @@ pub enum Message<'a> {
         /// The lease this completion answers.
         lease: LeaseId,
         /// The task's output bytes.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         output: &'a [u8],
     },
     /// Worker → server: the task of `lease` failed.
@@ -142,7 +142,7 @@ pub enum Message<'a> {
         /// The open job.
         job: JobId,
         /// The task's input.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         input: &'a [u8],
     },
     /// Server → client: the task was queued under `task`.
@@ -159,7 +159,7 @@ pub enum Message<'a> {
         /// The task.
         task: TaskId,
         /// Its output.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         output: &'a [u8],
     },
     /// Server → client: a task failed for good (attempts exhausted or not retryable).
@@ -182,6 +182,62 @@ pub enum Message<'a> {
     /// Server → client: the answer to [`Message::StatusQuery`].
     #[serde(borrow)]
     Status(Batch<'a, JobStatus<'a>>),
+}
+
+/// Number of variants of [`Message`]; a payload whose leading varint is at least this is a
+/// message from a newer protocol minor version.
+pub(crate) const MESSAGE_VARIANTS: u32 = 26;
+
+impl Message<'_> {
+    /// The variant's name, for logs and error details.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Message::ClientHello(_) => "ClientHello",
+            Message::ServerHello(_) => "ServerHello",
+            Message::Join(_) => "Join",
+            Message::Welcome(_) => "Welcome",
+            Message::Credit { .. } => "Credit",
+            Message::Grant(_) => "Grant",
+            Message::Heartbeat => "Heartbeat",
+            Message::Complete { .. } => "Complete",
+            Message::Fail { .. } => "Fail",
+            Message::Ack { .. } => "Ack",
+            Message::Revoke { .. } => "Revoke",
+            Message::Goodbye => "Goodbye",
+            Message::JobFinished { .. } => "JobFinished",
+            Message::ServerGoingAway => "ServerGoingAway",
+            Message::Error { .. } => "Error",
+            Message::CreateJob(_) => "CreateJob",
+            Message::AddTasks { .. } => "AddTasks",
+            Message::AddEdges { .. } => "AddEdges",
+            Message::SealJob { .. } => "SealJob",
+            Message::JobAccepted { .. } => "JobAccepted",
+            Message::Submit { .. } => "Submit",
+            Message::Submitted { .. } => "Submitted",
+            Message::TaskDone { .. } => "TaskDone",
+            Message::TaskFailed { .. } => "TaskFailed",
+            Message::StatusQuery { .. } => "StatusQuery",
+            Message::Status(_) => "Status",
+        }
+    }
+
+    /// Whether the message belongs to the handshake (and so is bound by
+    /// [`HANDSHAKE_MAX_FRAME`](super::HANDSHAKE_MAX_FRAME) whenever it is sent).
+    pub const fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            Message::ClientHello(_)
+                | Message::ServerHello(_)
+                | Message::Join(_)
+                | Message::Welcome(_)
+        )
+    }
+}
+
+/// Serializes a byte field as one byte string. The bytes on the wire are what serde's default
+/// (a sequence of `u8`) gives, but they are copied in one go rather than byte by byte.
+fn bytes<S: Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
 }
 
 /// The connector's opening message.
@@ -305,6 +361,7 @@ pub struct LeaseGrant<'a> {
     /// Index of the task's kind in the worker's [`WorkerHello::kinds`].
     pub kind: u16,
     /// The task's input bytes.
+    #[serde(borrow, serialize_with = "bytes")]
     pub input: &'a [u8],
 }
 
@@ -400,4 +457,227 @@ pub struct JobStatus<'a> {
     pub running: u32,
     /// Whether the job has ended.
     pub finished: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{BatchBuf, HEADER_LEN, decode_message, encode_frame_into};
+
+    /// Encodes and decodes `message` through a frame, checking it comes back equal and that its
+    /// leading byte is its variant index.
+    fn round_trip(index: u8, message: &Message<'_>) {
+        let mut frame = Vec::new();
+        encode_frame_into(message, &mut frame).unwrap();
+        let payload = &frame[HEADER_LEN..];
+        assert_eq!(payload[0], index, "{}", message.name());
+        assert_eq!(&decode_message(payload).unwrap(), message);
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let mut kinds = BatchBuf::new();
+        kinds.push("sum").unwrap();
+        kinds.push("square").unwrap();
+        let mut grants = BatchBuf::new();
+        for i in 0..4u32 {
+            let input = [i as u8; 5];
+            grants
+                .push(&LeaseGrant {
+                    lease: LeaseId(u64::MAX - u64::from(i)),
+                    job: JobId(7),
+                    task: TaskId(i),
+                    attempt: Attempt(u16::MAX),
+                    kind: 1,
+                    input: &input,
+                })
+                .unwrap();
+        }
+        let mut inputs = BatchBuf::new();
+        inputs.push_bytes(b"first").unwrap();
+        inputs.push_bytes(b"").unwrap();
+        let mut edges = BatchBuf::new();
+        edges
+            .push(&Edge {
+                before: TaskId(0),
+                after: TaskId(1),
+            })
+            .unwrap();
+        let mut statuses = BatchBuf::new();
+        statuses
+            .push(&JobStatus {
+                job: JobId(1),
+                name: "squares",
+                total: 100,
+                done: 50,
+                failed: 1,
+                running: 4,
+                finished: false,
+            })
+            .unwrap();
+        let nonce = [0x5A; NONCE_LEN];
+        let proof = [0xC3; PROOF_LEN];
+        let messages = [
+            Message::ClientHello(ClientHello {
+                version: PROTOCOL_VERSION,
+                nonce,
+                max_frame: 4096,
+            }),
+            Message::ServerHello(ServerHello {
+                version: 1,
+                nonce,
+                max_frame: 1024,
+                proof,
+            }),
+            Message::Join(Join {
+                proof,
+                role: Role::Worker(WorkerHello {
+                    name: "pico-1",
+                    platform: Platform::Mcu,
+                    kinds: kinds.as_batch(),
+                    slots: 1,
+                }),
+            }),
+            Message::Welcome(Welcome {
+                worker: WorkerId(3),
+                lease_ms: 30_000,
+                heartbeat_ms: 5_000,
+            }),
+            Message::Credit { count: u32::MAX },
+            Message::Grant(grants.as_batch()),
+            Message::Heartbeat,
+            Message::Complete {
+                lease: LeaseId(1 << 40),
+                output: &[0, 1, 2, 3, 4, 5, 6, 7],
+            },
+            Message::Fail {
+                lease: LeaseId(2),
+                retry: Retry::Retryable,
+                error: "panicked: ünïcode",
+            },
+            Message::Ack { lease: LeaseId(0) },
+            Message::Revoke {
+                lease: LeaseId(127),
+            },
+            Message::Goodbye,
+            Message::JobFinished {
+                job: JobId(9),
+                outcome: JobOutcome::Cancelled,
+            },
+            Message::ServerGoingAway,
+            Message::Error {
+                code: ErrorCode::Other,
+                detail: "",
+            },
+            Message::CreateJob(JobSpec {
+                name: "job",
+                kind: "square",
+                tasks: 2,
+                edges: 1,
+                max_attempts: 3,
+                open: true,
+            }),
+            Message::AddTasks {
+                job: JobId(4),
+                inputs: inputs.as_batch(),
+            },
+            Message::AddEdges {
+                job: JobId(4),
+                edges: edges.as_batch(),
+            },
+            Message::SealJob { job: JobId(4) },
+            Message::JobAccepted {
+                job: JobId(4),
+                already_done: 17,
+            },
+            Message::Submit {
+                job: JobId(4),
+                input: &[0xFF; 300],
+            },
+            Message::Submitted {
+                job: JobId(4),
+                task: TaskId(300),
+            },
+            Message::TaskDone {
+                job: JobId(4),
+                task: TaskId(1),
+                output: b"out",
+            },
+            Message::TaskFailed {
+                job: JobId(4),
+                task: TaskId(2),
+                attempts: 3,
+                error: "boom",
+            },
+            Message::StatusQuery { job: None },
+            Message::Status(statuses.as_batch()),
+        ];
+        assert_eq!(messages.len(), MESSAGE_VARIANTS as usize);
+        for (index, message) in messages.iter().enumerate() {
+            round_trip(index as u8, message);
+            assert_eq!(message.is_handshake(), index < 4);
+        }
+        round_trip(
+            24,
+            &Message::StatusQuery {
+                job: Some(JobId(u32::MAX)),
+            },
+        );
+        for role in [Role::Client(ClientInfo { name: "cli" }), Role::Observer] {
+            round_trip(2, &Message::Join(Join { proof, role }));
+        }
+        for platform in [
+            Platform::Linux,
+            Platform::MacOs,
+            Platform::Windows,
+            Platform::Browser,
+        ] {
+            let role = Role::Worker(WorkerHello {
+                name: "",
+                platform,
+                kinds: Batch::empty(),
+                slots: 0,
+            });
+            round_trip(2, &Message::Join(Join { proof, role }));
+        }
+    }
+
+    #[test]
+    fn batches_decode_their_items() {
+        let mut grants = BatchBuf::new();
+        let grant = LeaseGrant {
+            lease: LeaseId(5),
+            job: JobId(1),
+            task: TaskId(2),
+            attempt: Attempt(1),
+            kind: 0,
+            input: b"abc",
+        };
+        grants.push(&grant).unwrap();
+        grants
+            .push(&LeaseGrant {
+                task: TaskId(3),
+                ..grant
+            })
+            .unwrap();
+        let mut frame = Vec::new();
+        encode_frame_into(&Message::Grant(grants.as_batch()), &mut frame).unwrap();
+        let Message::Grant(batch) = decode_message(&frame[HEADER_LEN..]).unwrap() else {
+            panic!("not a grant")
+        };
+        let tasks: Vec<_> = batch.iter().map(|g| g.unwrap().task).collect();
+        assert_eq!(tasks, [TaskId(2), TaskId(3)]);
+        assert_eq!(batch.iter().next().unwrap().unwrap().input, b"abc");
+    }
+
+    #[test]
+    fn names_are_distinct() {
+        let names = [
+            Message::Heartbeat.name(),
+            Message::Goodbye.name(),
+            Message::ServerGoingAway.name(),
+            Message::Credit { count: 0 }.name(),
+        ];
+        assert_eq!(names, ["Heartbeat", "Goodbye", "ServerGoingAway", "Credit"]);
+    }
 }
