@@ -249,13 +249,13 @@ impl<T> LeaseTable<T> {
         holder: Option<WorkerId>,
     ) -> Result<Ended<T>, LeaseError> {
         let index = self.slot_index(lease)?;
-        if let (Some(holder), Some(slot)) = (holder, self.slots.get(index as usize)) {
-            if slot.holder != holder {
-                return Err(LeaseError::NotHolder {
-                    lease,
-                    holder: slot.holder,
-                });
-            }
+        if let (Some(holder), Some(slot)) = (holder, self.slots.get(index as usize))
+            && slot.holder != holder
+        {
+            return Err(LeaseError::NotHolder {
+                lease,
+                holder: slot.holder,
+            });
         }
         self.remove(index).ok_or(LeaseError::Unknown(lease))
     }
