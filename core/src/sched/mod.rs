@@ -1160,7 +1160,7 @@ impl Scheduler {
                 continue;
             };
             let mut credit = w.credit;
-            let kinds = w.kinds.clone();
+            let kinds = &w.kinds;
             let jobs = self.jobs.len();
             let mut granted = 0u32;
             let mut idle_jobs = 0;
