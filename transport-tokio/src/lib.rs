@@ -1,1 +1,16 @@
-//! Colony's std transport: the server, the worker, the `Loop` and `Executor` APIs, on tokio.
+//! Colony's std transport: the server, the worker, the distributed for-loop, on tokio.
+//!
+//! - [`server`]: the TCP server that owns the core scheduler, the checkpoint log on a file with
+//!   group commit, and the in-process handle the serving program uses.
+//! - [`worker`]: the std worker, driving the core's worker state machine over TCP.
+//! - [`forloop`]: the distributed for-loop (`for item in job`), built on both.
+//! - [`progress`]: the terminal progress bar.
+#![deny(missing_docs)]
+
+pub mod conn;
+pub mod forloop;
+pub mod logfile;
+pub mod progress;
+pub mod secret;
+pub mod server;
+pub mod worker;

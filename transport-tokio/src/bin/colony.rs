@@ -1,0 +1,2 @@
+//! The `colony` command.
+fn main() {}
