@@ -247,6 +247,30 @@ impl fmt::Display for ProtocolError {
 
 impl core::error::Error for ProtocolError {}
 
+/// A worker declared another version of a kind a live job runs (see
+/// [`Scheduler::check_kinds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindConflict {
+    /// What the worker declared.
+    pub declared: String,
+    /// What the job runs.
+    pub running: String,
+    /// The job's name.
+    pub job: String,
+}
+
+impl fmt::Display for KindConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "this worker runs {:?} but job {:?} runs {:?}: its items, edges or code differ from the serving process's",
+            self.declared, self.job, self.running
+        )
+    }
+}
+
+impl core::error::Error for KindConflict {}
+
 /// A replayed record does not fit the scheduler's state (the log is inconsistent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -725,6 +749,39 @@ impl Scheduler {
     }
 
     // ---- workers ----
+
+    /// Checks a joining worker's kinds against the live jobs' kinds.
+    ///
+    /// A kind may carry a version after a `#` (`"loop:squares#1f2e…"`: the for-loop puts its
+    /// job's fingerprint there). A worker that declares `base#v1` while a job runs `base#v2` was
+    /// built from other items or code: it is refused with a [`KindConflict`] rather than left
+    /// idle, waiting for tasks it will never get.
+    ///
+    /// # Errors
+    /// The first conflicting kind.
+    pub fn check_kinds<'k>(
+        &self,
+        kinds: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), KindConflict> {
+        for declared in kinds {
+            let Some((base, _)) = declared.split_once('#') else {
+                continue;
+            };
+            for job in self.jobs.iter().flatten().filter(|j| !j.finished) {
+                let Some(running) = self.kinds.get(job.kind as usize) else {
+                    continue;
+                };
+                if running != declared && running.split_once('#').is_some_and(|(b, _)| b == base) {
+                    return Err(KindConflict {
+                        declared: declared.to_string(),
+                        running: running.clone(),
+                        job: job.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// A worker finished its handshake. `kinds` are the task kinds it runs, in its own order.
     pub fn worker_joined<'k>(&mut self, kinds: impl IntoIterator<Item = &'k str>) -> WorkerId {

@@ -496,3 +496,18 @@ fn memory_per_queued_task_is_small() {
     let per_task = (s.heap_bytes() - 8 * n as usize) as f64 / f64::from(n);
     assert!(per_task <= 64.0, "{per_task} bytes per queued task");
 }
+
+#[test]
+fn versioned_kinds_conflict_with_other_versions_only() {
+    let mut s = sched();
+    s.create_job(JobDef::new("squares", "loop:squares#aaaa", inputs(1)))
+        .unwrap();
+    assert!(s.check_kinds(["loop:squares#aaaa", "other"]).is_ok());
+    assert!(s.check_kinds(["loop:cubes#bbbb"]).is_ok());
+    let err = s.check_kinds(["loop:squares#bbbb"]).unwrap_err();
+    assert_eq!(err.job, "squares");
+    assert!(
+        err.to_string().contains("differ from the serving process"),
+        "{err}"
+    );
+}
