@@ -207,9 +207,8 @@ fn header(payload: &[u8]) -> Result<[u8; HEADER_LEN], EncodeError> {
 /// Encodes `message` as one frame at the start of `buf`, without allocating, and returns the
 /// frame's length (header included).
 ///
-/// The caller keeps frames within the peer's limit: a payload of `n - HEADER_LEN` bytes above the
-/// agreed `max_frame` will be refused by the peer. Passing a buffer of
-/// `HEADER_LEN + max_frame` bytes guarantees it.
+/// The caller keeps frames within the limit in force, which the peer enforces: passing a buffer
+/// of at most `HEADER_LEN + max_frame` bytes guarantees it.
 ///
 /// # Errors
 /// [`EncodeError::BufferFull`] if the frame does not fit in `buf`; [`EncodeError::Serialize`] if
