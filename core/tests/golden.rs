@@ -203,6 +203,28 @@ fn cases() -> Vec<(Message<'static>, &'static str)> {
             Message::Status(Batch::from_encoded(1, STATUS)),
             "19 01 09 03 02 73 71 03 01 00 02 00",
         ),
+        (
+            Message::Call {
+                call: 7,
+                name: "save",
+                args: &[1, 2],
+            },
+            "1a 07 04 73 61 76 65 02 01 02",
+        ),
+        (
+            Message::CallReturn {
+                call: 7,
+                result: b"ok",
+            },
+            "1b 07 02 6f 6b",
+        ),
+        (
+            Message::CallError {
+                call: 7,
+                error: "no",
+            },
+            "1c 07 02 6e 6f",
+        ),
     ]
 }
 

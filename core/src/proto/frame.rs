@@ -462,8 +462,8 @@ mod tests {
         payload.push(0);
         assert_eq!(decode_message(&payload), Err(DecodeError::TrailingBytes));
         assert_eq!(
-            decode_message(&[26]),
-            Err(DecodeError::UnknownMessage { index: 26 })
+            decode_message(&[29]),
+            Err(DecodeError::UnknownMessage { index: 29 })
         );
         assert_eq!(
             decode_message(&[0xFF, 0xFF, 0x03]),

@@ -182,11 +182,40 @@ pub enum Message<'a> {
     /// Server → client: the answer to [`Message::StatusQuery`].
     #[serde(borrow)]
     Status(Batch<'a, JobStatus<'a>>),
+
+    // ---- remote calls (the for-loop's `execute`) ----
+    /// Any authenticated peer → server: run the function registered on the serving process as
+    /// `name` with `args`. Nothing from the wire runs as code: unknown names are refused.
+    Call {
+        /// The caller's number for this call, echoed in the answer.
+        call: u32,
+        /// The registered function's name.
+        name: &'a str,
+        /// Its postcard-encoded arguments.
+        #[serde(borrow, serialize_with = "bytes")]
+        args: &'a [u8],
+    },
+    /// Server → caller: the call returned `result` (postcard-encoded).
+    CallReturn {
+        /// The call answered.
+        call: u32,
+        /// The function's postcard-encoded result.
+        #[serde(borrow, serialize_with = "bytes")]
+        result: &'a [u8],
+    },
+    /// Server → caller: the call failed (unknown function, bad arguments, or the function's
+    /// own error).
+    CallError {
+        /// The call answered.
+        call: u32,
+        /// Why.
+        error: &'a str,
+    },
 }
 
 /// Number of variants of [`Message`]; a payload whose leading varint is at least this is a
 /// message from a newer protocol minor version.
-pub(crate) const MESSAGE_VARIANTS: u32 = 26;
+pub(crate) const MESSAGE_VARIANTS: u32 = 29;
 
 impl Message<'_> {
     /// The variant's name, for logs and error details.
@@ -218,6 +247,9 @@ impl Message<'_> {
             Message::TaskFailed { .. } => "TaskFailed",
             Message::StatusQuery { .. } => "StatusQuery",
             Message::Status(_) => "Status",
+            Message::Call { .. } => "Call",
+            Message::CallReturn { .. } => "CallReturn",
+            Message::CallError { .. } => "CallError",
         }
     }
 
@@ -611,6 +643,19 @@ mod tests {
             },
             Message::StatusQuery { job: None },
             Message::Status(statuses.as_batch()),
+            Message::Call {
+                call: 7,
+                name: "save",
+                args: b"\x01\x02",
+            },
+            Message::CallReturn {
+                call: 7,
+                result: b"ok",
+            },
+            Message::CallError {
+                call: 7,
+                error: "no such function",
+            },
         ];
         assert_eq!(messages.len(), MESSAGE_VARIANTS as usize);
         for (index, message) in messages.iter().enumerate() {
