@@ -62,14 +62,18 @@ fn run_job(mut s: Scheduler) -> u64 {
 
 fn lease_complete(c: &mut Criterion) {
     let mut group = c.benchmark_group("sched");
-    group.sample_size(10).measurement_time(StdDuration::from_secs(8)).warm_up_time(StdDuration::from_secs(1));
+    group
+        .sample_size(10)
+        .measurement_time(StdDuration::from_secs(8))
+        .warm_up_time(StdDuration::from_secs(1));
     group.throughput(Throughput::Elements(u64::from(TASKS)));
     let template = job_inputs();
     group.bench_function("lease_complete_1m", |b| {
         b.iter_batched(
             || {
                 let mut s = Scheduler::new(SchedConfig::default());
-                s.create_job(JobDef::new("bench", "k", template.clone())).ok();
+                s.create_job(JobDef::new("bench", "k", template.clone()))
+                    .ok();
                 s
             },
             |s| assert_eq!(run_job(s), u64::from(TASKS)),

@@ -10,12 +10,16 @@ use core::ops::{Add, Sub};
 use serde::{Deserialize, Serialize};
 
 /// A point on the caller's monotonic clock, in microseconds since the caller's epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Instant(u64);
 
 /// A span of time in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Duration(u64);
 
@@ -107,7 +111,12 @@ impl Add for Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 >= 1_000_000 {
-            write!(f, "{}.{:03}s", self.0 / 1_000_000, (self.0 % 1_000_000) / 1_000)
+            write!(
+                f,
+                "{}.{:03}s",
+                self.0 / 1_000_000,
+                (self.0 % 1_000_000) / 1_000
+            )
         } else if self.0 >= 1_000 {
             write!(f, "{}ms", self.0 / 1_000)
         } else {
@@ -138,7 +147,10 @@ mod tests {
     fn arithmetic_saturates() {
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
         assert_eq!(Instant::ZERO - Instant::from_millis(5), Duration::ZERO);
-        assert_eq!(Instant::from_millis(7) - Instant::from_millis(5), Duration::from_millis(2));
+        assert_eq!(
+            Instant::from_millis(7) - Instant::from_millis(5),
+            Duration::from_millis(2)
+        );
     }
 
     #[test]
