@@ -1,0 +1,529 @@
+//! One connection's life on the server: accept, handshake (with a timeout), then a reader task
+//! that turns frames into engine events and a writer task that drains the connection's outbox.
+//!
+//! Invariants:
+//! - Nothing reaches the engine from a peer that has not proved the secret.
+//! - Until the handshake ends, frames are bound by the handshake limit; afterwards by the agreed
+//!   one. A frame is checked (length, CRC) before it is decoded, and decoded before it becomes an
+//!   event.
+//! - A reader sends the engine one [`Event::Batch`] per read, in stream order, and after its last
+//!   batch exactly one [`Event::Left`] (or nothing after a `Goodbye`, which is itself a leave).
+//! - A misbehaving peer gets an `Error` frame with a reason code where possible, is closed, and
+//!   is logged with its address; the server carries on.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use colony_core::proto::{
+    ErrorCode, Message, NONCE_LEN, Platform, Role, ServerHandshake, Welcome, decode_message,
+};
+use colony_core::{JobId, WorkerId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+use super::engine::{Event, In, Joined};
+use super::outbox::Outbox;
+use crate::conn::{ConnError, FrameReader, FramedConn};
+use crate::secret::Secret;
+
+/// Spare room given to a reader's next buffer after it hands its frames to the engine.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How long a closing connection keeps reading (and discarding) so its peer gets our last frame
+/// before the socket goes away, and how much it reads at most.
+const LINGER_CLOSE: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub(super) struct PeerCtx {
+    pub(super) secret: Secret,
+    pub(super) max_frame: u32,
+    pub(super) handshake_timeout: Duration,
+    pub(super) lease_ms: u32,
+    pub(super) heartbeat_ms: u32,
+    pub(super) outbox_cap: usize,
+    pub(super) max_connections: usize,
+    pub(super) events: mpsc::Sender<Event>,
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts connections for ever (the engine aborts this task on shutdown).
+pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<PeerCtx>) {
+    let limit = Arc::new(Semaphore::new(ctx.max_connections));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                match Arc::clone(&limit).try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(serve_tcp(stream, peer, Arc::clone(&ctx), permit));
+                    }
+                    Err(_) => {
+                        log::warn!(
+                            "connection from {peer} refused: {} connections are open already",
+                            ctx.max_connections
+                        );
+                        tokio::spawn(async move {
+                            let mut conn = FramedConn::new(stream);
+                            let refusal = Message::Error {
+                                code: ErrorCode::LimitExceeded,
+                                detail: "too many connections",
+                            };
+                            let _ = conn.queue(&refusal);
+                            close_gracefully(conn).await;
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little, then go on.
+                log::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// What the handshake admitted.
+#[derive(Debug)]
+enum Admitted {
+    Worker {
+        name: String,
+        kinds: Vec<String>,
+        slots: u32,
+        platform: Platform,
+    },
+    Observer,
+    Client {
+        name: String,
+    },
+}
+
+/// Why a connection is dropped: the reason for the log, and the code to tell the peer.
+#[derive(Debug)]
+struct Refusal {
+    code: Option<ErrorCode>,
+    reason: String,
+    /// A peer that simply went away is no fault; log it quietly.
+    quiet: bool,
+}
+
+impl Refusal {
+    fn conn(e: ConnError) -> Self {
+        let quiet = matches!(e, ConnError::Closed | ConnError::Io(_));
+        Refusal {
+            code: e.code(),
+            reason: e.to_string(),
+            quiet,
+        }
+    }
+
+    fn unexpected(expected: &str, got: &str) -> Self {
+        Refusal {
+            code: Some(ErrorCode::BadMessage),
+            reason: format!("expected {expected}, got {got}"),
+            quiet: false,
+        }
+    }
+
+    fn log(&self, peer: SocketAddr, stage: &str) {
+        if self.quiet {
+            log::debug!("connection from {peer} closed {stage}: {}", self.reason);
+        } else {
+            log::warn!("connection from {peer} dropped {stage}: {}", self.reason);
+        }
+    }
+}
+
+/// The server's side of the handshake over a fresh connection.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut FramedConn<S>,
+    ctx: &PeerCtx,
+) -> Result<Admitted, Refusal> {
+    let secret = ctx.secret.as_bytes();
+    let mut server = ServerHandshake::new(ctx.max_frame);
+    let hello = match conn.read_message().await.map_err(Refusal::conn)? {
+        Message::ClientHello(hello) => hello,
+        other => return Err(Refusal::unexpected("ClientHello", other.name())),
+    };
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|e| Refusal {
+        code: Some(ErrorCode::Other),
+        reason: format!("cannot draw a random nonce: {e}"),
+        quiet: false,
+    })?;
+    let handshake_error = |e: colony_core::proto::HandshakeError| Refusal {
+        code: Some(e.code()),
+        reason: e.to_string(),
+        quiet: false,
+    };
+    let server_hello = server
+        .hello(secret, &hello, nonce)
+        .map_err(handshake_error)?;
+    conn.send(&Message::ServerHello(server_hello))
+        .await
+        .map_err(Refusal::conn)?;
+    let join = match conn.read_message().await.map_err(Refusal::conn)? {
+        Message::Join(join) => join,
+        Message::Error { code, detail } => {
+            return Err(Refusal {
+                code: None,
+                reason: format!("peer gave up with {code:?}: {detail}"),
+                quiet: false,
+            });
+        }
+        other => return Err(Refusal::unexpected("Join", other.name())),
+    };
+    server.join(secret, &join).map_err(handshake_error)?;
+    let admitted = match join.role {
+        Role::Worker(hello) => {
+            let kinds = hello
+                .kinds
+                .iter()
+                .map(|k| k.map(str::to_owned))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Refusal {
+                    code: Some(ErrorCode::BadMessage),
+                    reason: format!("bad list of task kinds: {e}"),
+                    quiet: false,
+                })?;
+            Admitted::Worker {
+                name: hello.name.to_owned(),
+                kinds,
+                slots: hello.slots,
+                platform: hello.platform,
+            }
+        }
+        Role::Observer => Admitted::Observer,
+        Role::Client(info) => Admitted::Client {
+            name: info.name.to_owned(),
+        },
+    };
+    conn.set_max_frame(server.max_frame());
+    Ok(admitted)
+}
+
+/// Writes what is queued, shuts the write side down, then reads and discards for a moment so
+/// the peer reads our last frame before the socket closes (closing with unread input would
+/// reset the connection and might destroy it).
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(conn: FramedConn<S>) {
+    let (reader, mut writer) = conn.split_with(tokio::io::split);
+    let _ = tokio::time::timeout(LINGER_CLOSE, writer.shutdown()).await;
+    drain(reader.into_inner()).await;
+}
+
+async fn drain<R: AsyncRead + Unpin>(mut io: R) {
+    let mut scratch = [0u8; 4096];
+    let mut seen = 0;
+    let _ = tokio::time::timeout(LINGER_CLOSE, async {
+        while seen < LINGER_BYTES {
+            match io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen += n,
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<PeerCtx>,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut conn = FramedConn::new(stream);
+    let admitted =
+        match tokio::time::timeout(ctx.handshake_timeout, handshake(&mut conn, &ctx)).await {
+            Ok(Ok(admitted)) => admitted,
+            Ok(Err(refusal)) => {
+                refusal.log(peer, "during the handshake");
+                if let Some(code) = refusal.code {
+                    let _ = conn.queue(&Message::Error {
+                        code,
+                        detail: &refusal.reason,
+                    });
+                }
+                close_gracefully(conn).await;
+                return;
+            }
+            Err(_) => {
+                log::warn!(
+                    "connection from {peer} dropped: handshake not finished within {:?}",
+                    ctx.handshake_timeout
+                );
+                let _ = conn.queue(&Message::Error {
+                    code: ErrorCode::Timeout,
+                    detail: "handshake not finished in time",
+                });
+                close_gracefully(conn).await;
+                return;
+            }
+        };
+    let max_frame = conn.max_frame();
+    let (reader, writer) = conn.into_tcp_split();
+    let outbox = Arc::new(Outbox::new(ctx.outbox_cap));
+    let writer = {
+        let outbox = Arc::clone(&outbox);
+        let io = writer.into_inner();
+        tokio::spawn(async move { outbox.run_writer(io).await })
+    };
+    match admitted {
+        Admitted::Worker {
+            name,
+            kinds,
+            slots,
+            platform,
+        } => {
+            log::info!(
+                "worker {name:?} joined from {peer} ({platform:?}, {slots} slots, kinds {kinds:?})"
+            );
+            let (reply, id) = oneshot::channel();
+            let reader = tokio::spawn(read_worker(
+                reader,
+                id,
+                Arc::clone(&outbox),
+                ctx.events.clone(),
+                peer,
+                permit,
+            ));
+            let joined = Joined {
+                name,
+                kinds,
+                peer,
+                max_frame,
+                outbox,
+                reader: reader.abort_handle(),
+                writer,
+                reply,
+            };
+            if ctx
+                .events
+                .send(Event::Joined(Box::new(joined)))
+                .await
+                .is_err()
+            {
+                reader.abort();
+            }
+        }
+        Admitted::Observer => {
+            log::debug!("observer connected from {peer}");
+            outbox.push(&Message::Welcome(Welcome {
+                worker: WorkerId(0),
+                lease_ms: ctx.lease_ms,
+                heartbeat_ms: ctx.heartbeat_ms,
+            }));
+            read_observer(reader, outbox, &ctx, peer).await;
+            let _ = writer.await;
+            drop(permit);
+        }
+        Admitted::Client { name } => {
+            log::warn!("task client {name:?} from {peer} refused: not supported by this server");
+            outbox.close(Some(&Message::Error {
+                code: ErrorCode::Other,
+                detail: "task clients are not supported by this server yet",
+            }));
+            let _ = writer.await;
+            drain(reader.into_inner()).await;
+            drop(permit);
+        }
+    }
+}
+
+/// How a read ended.
+enum ReadEnd {
+    /// More may come.
+    More,
+    /// The worker said goodbye (an [`In::Goodbye`] was queued).
+    Goodbye,
+    /// The connection is over; the reason for the log and, if the peer is at fault, the code.
+    Over(Refusal),
+}
+
+/// The byte range of `inner` within `outer` (`inner` is a subslice of it).
+fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    start..start + inner.len()
+}
+
+/// Decodes every frame buffered in `reader` into `items`.
+fn decode_buffered<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    items: &mut Vec<In>,
+    outbox: &Outbox,
+) -> ReadEnd {
+    loop {
+        let range = match reader.next_buffered() {
+            Ok(Some(range)) => range,
+            Ok(None) => return ReadEnd::More,
+            Err(e) => return ReadEnd::Over(Refusal::conn(e)),
+        };
+        let buffer = reader.buffer();
+        let message = match decode_message(buffer.get(range).unwrap_or_default()) {
+            Ok(message) => message,
+            Err(e) => return ReadEnd::Over(Refusal::conn(e.into())),
+        };
+        match message {
+            Message::Credit { count } => items.push(In::Credit(count)),
+            Message::Heartbeat => {
+                items.push(In::Heartbeat);
+                outbox.push(&Message::Heartbeat);
+            }
+            Message::Complete { lease, output } => items.push(In::Complete {
+                lease,
+                output: range_in(buffer, output),
+            }),
+            Message::Fail {
+                lease,
+                retry,
+                error,
+            } => items.push(In::Fail {
+                lease,
+                retry,
+                error: range_in(buffer, error.as_bytes()),
+            }),
+            Message::StatusQuery { job } => items.push(In::Query(job)),
+            Message::Goodbye => {
+                items.push(In::Goodbye);
+                return ReadEnd::Goodbye;
+            }
+            Message::Error { code, detail } => {
+                return ReadEnd::Over(Refusal {
+                    code: None,
+                    reason: format!("peer closed with {code:?}: {detail}"),
+                    quiet: false,
+                });
+            }
+            // Remote calls (`execute`) go here: spawn the call on a task of its own with a clone
+            // of the outbox, and push its `CallResult` there when done, so neither this reader
+            // nor the engine waits on it.
+            other => {
+                return ReadEnd::Over(Refusal {
+                    code: Some(ErrorCode::BadMessage),
+                    reason: format!("unexpected {} from a worker", other.name()),
+                    quiet: false,
+                });
+            }
+        }
+    }
+}
+
+/// A worker's reader: waits for its id, then turns each read into one batch of events.
+async fn read_worker<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    id: oneshot::Receiver<WorkerId>,
+    outbox: Arc<Outbox>,
+    events: mpsc::Sender<Event>,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Ok(worker) = id.await else { return };
+    let mut items = Vec::new();
+    loop {
+        let end = match reader.fill().await {
+            Ok(()) => decode_buffered(&mut reader, &mut items, &outbox),
+            Err(e) => ReadEnd::Over(Refusal::conn(e)),
+        };
+        if !items.is_empty() {
+            let chunk = if items.iter().any(In::borrows) {
+                reader.split_consumed(Vec::with_capacity(READ_BUFFER))
+            } else {
+                Vec::new()
+            };
+            let room = items.len();
+            let batch = std::mem::replace(&mut items, Vec::with_capacity(room));
+            let event = Event::Batch {
+                worker,
+                chunk,
+                items: batch,
+            };
+            if events.send(event).await.is_err() {
+                return;
+            }
+        }
+        match end {
+            ReadEnd::More => {}
+            ReadEnd::Goodbye => {
+                log::info!("{worker} at {peer} said goodbye");
+                drain(reader.into_inner()).await;
+                return;
+            }
+            ReadEnd::Over(refusal) => {
+                refusal.log(peer, &format!("({worker})"));
+                if let Some(code) = refusal.code {
+                    outbox.close(Some(&Message::Error {
+                        code,
+                        detail: &refusal.reason,
+                    }));
+                }
+                let reason = (!refusal.quiet).then_some(refusal.reason);
+                let _ = events.send(Event::Left { worker, reason }).await;
+                drain(reader.into_inner()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// An observer's reader: answers status queries (through the engine) until it leaves or the
+/// server shuts down.
+async fn read_observer<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    outbox: Arc<Outbox>,
+    ctx: &PeerCtx,
+    peer: SocketAddr,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let query: Result<Option<JobId>, Option<Refusal>> = tokio::select! {
+            read = reader.read_message() => match read {
+                Ok(Message::StatusQuery { job }) => Ok(job),
+                Ok(Message::Heartbeat) => {
+                    outbox.push(&Message::Heartbeat);
+                    continue;
+                }
+                Ok(Message::Goodbye) => Err(None),
+                Ok(Message::Error { code, detail }) => Err(Some(Refusal {
+                    code: None,
+                    reason: format!("peer closed with {code:?}: {detail}"),
+                    quiet: true,
+                })),
+                Ok(other) => Err(Some(Refusal::unexpected("StatusQuery", other.name()))),
+                Err(e) => Err(Some(Refusal::conn(e))),
+            },
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                outbox.close(Some(&Message::ServerGoingAway));
+                return;
+            }
+        };
+        match query {
+            Ok(job) => {
+                let query = Event::Query {
+                    job,
+                    outbox: Arc::clone(&outbox),
+                };
+                if ctx.events.send(query).await.is_err() {
+                    outbox.close(Some(&Message::ServerGoingAway));
+                    return;
+                }
+            }
+            Err(refusal) => {
+                let mut last = None;
+                if let Some(refusal) = &refusal {
+                    refusal.log(peer, "(observer)");
+                    last = refusal.code.map(|code| (code, refusal.reason.as_str()));
+                }
+                outbox.close(
+                    last.map(|(code, detail)| Message::Error { code, detail })
+                        .as_ref(),
+                );
+                drain(reader.into_inner()).await;
+                return;
+            }
+        }
+    }
+}
