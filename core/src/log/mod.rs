@@ -16,11 +16,55 @@
 //!   Only a file shorter than the header whose bytes are a prefix of [`FILE_HEADER`] (a torn
 //!   creation) counts as empty.
 //! - Durability comes only from [`Storage::sync`]: a record is durable once a sync that followed
-//!   its append has returned. [`LogWriter`] batches many records into one append and one sync
+//!   its append has returned. `LogWriter` batches many records into one append and one sync
 //!   (group commit) and reports the highest durable LSN.
 //!
-//! Encoding and replay need no allocator; [`LogWriter`], [`MemStorage`], [`CrashStorage`] and
-//! [`Record::append_to`] need the `alloc` feature.
+//! Opening a log, writing to it, and recovering it after a crash:
+//!
+//! ```
+//! use colony_core::id::{Attempt, JobId, Lsn, TaskId};
+//! use colony_core::log::{Crash, CrashStorage, LogWriter, Record, Storage, repair, replay};
+//!
+//! let mut storage = CrashStorage::new();
+//! let mut buf = [0u8; 4096];
+//!
+//! // Open: replay what is there (nothing), then repair (writes and syncs the file header).
+//! let found = replay(&mut storage, &mut buf, |_, _| {})?;
+//! repair(&mut storage, &found)?;
+//! let mut writer = LogWriter::new(found.last_lsn());
+//!
+//! // Group commit: two records, one append, one sync.
+//! let done = |task| Record::TaskDone {
+//!     job: JobId(1),
+//!     task: TaskId(task),
+//!     attempt: Attempt(0),
+//!     output: b"ok",
+//! };
+//! writer.append(&done(0))?;
+//! writer.append(&done(1))?;
+//! assert_eq!(writer.flush(&mut storage)?, Lsn(2));
+//!
+//! // A third record is appended but never synced, and the machine dies mid-write.
+//! writer.append(&done(2))?;
+//! let (batch, _) = writer.take_pending(Vec::new());
+//! storage.append(&batch)?;
+//! storage.crash(Crash::KeepUnsynced(5));
+//!
+//! // Recovery yields exactly the two durable records and truncates the torn one.
+//! let mut tasks = Vec::new();
+//! let found = replay(&mut storage, &mut buf, |lsn, rec| {
+//!     if let Record::TaskDone { task, .. } = rec {
+//!         tasks.push((lsn, task));
+//!     }
+//! })?;
+//! assert_eq!(tasks, [(Lsn(1), TaskId(0)), (Lsn(2), TaskId(1))]);
+//! assert!(found.needs_repair());
+//! repair(&mut storage, &found)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Encoding and replay need no allocator; `LogWriter`, `MemStorage`, `CrashStorage`,
+//! `replay_alloc` and `Record::append_to` need the `alloc` feature.
 
 mod fingerprint;
 mod record;

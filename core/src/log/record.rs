@@ -688,6 +688,45 @@ mod tests {
         assert_eq!(parse_frame(&frame(&body)).unwrap().0, samples()[0]);
     }
 
+    proptest::proptest! {
+        /// Every record re-parses to itself, and every strict prefix of its frame is torn.
+        #[test]
+        fn any_record_round_trips(
+            ty in 1u8..=5,
+            job in proptest::prelude::any::<u32>(),
+            task in proptest::prelude::any::<u32>(),
+            small in proptest::prelude::any::<u16>(),
+            fingerprint in proptest::prelude::any::<[u8; 32]>(),
+            text in ".{0,40}",
+            text2 in ".{0,40}",
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            open in proptest::prelude::any::<bool>(),
+        ) {
+            let rec = match ty {
+                1 => Record::JobHeader {
+                    job: JobId(job), fingerprint, name: &text, kind: &text2,
+                    tasks: task, edges: job ^ task, max_attempts: small, open,
+                },
+                2 => Record::TaskAdded { job: JobId(job), task: TaskId(task), input: &bytes },
+                3 => Record::TaskDone {
+                    job: JobId(job), task: TaskId(task), attempt: Attempt(small), output: &bytes,
+                },
+                4 => Record::TaskFailed {
+                    job: JobId(job), task: TaskId(task), attempts: small, error: &text,
+                },
+                _ => Record::JobFinished { job: JobId(job) },
+            };
+            let mut v = Vec::new();
+            rec.append_to(&mut v).unwrap();
+            proptest::prop_assert_eq!(v.len(), rec.encoded_len());
+            proptest::prop_assert_eq!(parse_frame(&v), Ok((rec, v.len())));
+            for cut in 0..v.len() {
+                let want = if cut == 0 { StopReason::End } else { StopReason::Torn };
+                proptest::prop_assert_eq!(parse_frame(&v[..cut]), Err(want));
+            }
+        }
+    }
+
     #[test]
     fn job_of_every_record() {
         for rec in samples() {
