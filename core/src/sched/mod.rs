@@ -121,7 +121,6 @@ pub enum Action {
 
 /// Why a job could not be created.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum CreateJobError {
     /// The dependency edges are out of range or form a cycle.
     Dag(DagError),
@@ -137,7 +136,6 @@ pub enum CreateJobError {
 
 /// How a job differs from the one of the same name already known.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct JobMismatch {
     /// The job's name.
     pub name: String,
@@ -149,7 +147,6 @@ pub struct JobMismatch {
 
 /// The countable shape of a job, for mismatch reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct JobShape {
     /// The task kind.
     pub kind: String,
@@ -206,6 +203,13 @@ impl fmt::Display for CreateJobError {
 }
 
 impl core::error::Error for CreateJobError {}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for CreateJobError {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "{}", defmt::Display2Format(self));
+    }
+}
 
 impl From<DagError> for CreateJobError {
     fn from(e: DagError) -> Self {
@@ -497,6 +501,7 @@ impl Scheduler {
         // log, and only costs a re-run after a crash.
         if record.append_to(&mut self.log).is_err() {
             error!("log record too large; not logged");
+            return Lsn(self.next_lsn - 1);
         }
         let lsn = Lsn(self.next_lsn);
         self.next_lsn += 1;
