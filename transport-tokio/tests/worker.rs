@@ -12,8 +12,10 @@ use colony_core::proto::{
     BatchBuf, DEFAULT_MAX_FRAME, Decoded, FrameDecoder, JobOutcome, LeaseGrant, Message, Retry,
     Role, ServerHandshake, Welcome, decode_message, encode_frame_into,
 };
+use colony_core::sched::Inputs;
 use colony_core::{Attempt, JobId, LeaseId, TaskId, WorkerId};
 use colony_tokio::secret::Secret;
+use colony_tokio::server::{Server, ServerConfig, ServerHandle};
 use colony_tokio::worker::{
     Execution, TaskCtx, TaskError, WorkerConfig, WorkerError, WorkerExit, run_worker,
 };
@@ -269,6 +271,11 @@ async fn serve(
                     }
                     Message::Goodbye => {
                         goodbye = true;
+                        break;
+                    }
+                    // The worker gave up on this link (it found the server too slow).
+                    Message::Error { .. } => {
+                        drop_now = true;
                         break;
                     }
                     other => panic!("unexpected {other:?} from the worker"),
@@ -637,7 +644,7 @@ async fn a_server_without_the_secret_is_refused_at_once() {
 async fn heartbeats_follow_the_servers_interval() {
     let plan = Plan {
         finish: false,
-        heartbeat_ms: 20,
+        heartbeat_ms: 50,
         ..Plan::new(0)
     };
     let mut fake = Fake::start(plan).await;
@@ -647,15 +654,146 @@ async fn heartbeats_follow_the_servers_interval() {
     assert!(matches!(fake.next().await, Ev::Joined { .. }));
     let started = Instant::now();
     for _ in 0..3 {
-        assert_eq!(fake.next().await, Ev::Heartbeat);
+        fake.wait_for(|e| *e == Ev::Heartbeat).await;
     }
-    // Three intervals of 20 ms, give or take the scheduler.
-    assert!(started.elapsed() >= Duration::from_millis(40));
+    // A heartbeat comes an interval after the welcome or the one before.
+    assert!(started.elapsed() >= Duration::from_millis(100));
     token.shutdown();
     assert_eq!(
         bounded(worker).await.unwrap().unwrap(),
         WorkerExit::Shutdown
     );
+}
+
+// ---------------------------------------------------------------- the real server
+
+fn real_server(
+    checkpoint: &std::path::Path,
+    listen: SocketAddr,
+) -> (ServerHandle, SocketAddr, ServerTask) {
+    let bound = Server::bind(
+        ServerConfig::new(secret())
+            .listen(listen)
+            .checkpoint(checkpoint)
+            .heartbeat_interval(Duration::from_millis(200)),
+    )
+    .expect("bind");
+    let handle = bound.handle();
+    let addr = bound.local_addr();
+    (handle, addr, bound.spawn())
+}
+
+type ServerTask = JoinHandle<Result<(), colony_tokio::server::ServerError>>;
+
+fn squares_inputs(n: u64) -> Inputs {
+    (0..n).map(u64::to_le_bytes).collect()
+}
+
+fn assert_square_outputs(outputs: &[Option<Vec<u8>>], n: u64) {
+    assert_eq!(outputs.len(), n as usize);
+    for (i, output) in outputs.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(
+            output.as_deref(),
+            Some(&(i * i).to_le_bytes()[..]),
+            "task {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_job_through_the_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, addr, server) = real_server(
+        &dir.path().join("squares.log"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let n = 5_000;
+    let created = handle
+        .create_job("squares", "square", squares_inputs(n), Vec::new(), 3)
+        .await
+        .unwrap();
+    let threads = tokio::spawn(run_worker(config(addr).with_prefetch(64), square));
+    let inline = tokio::spawn(run_worker(
+        config(addr)
+            .with_execution(Execution::Inline)
+            .with_slots(1)
+            .with_prefetch(64),
+        square,
+    ));
+    let finished = WorkerExit::JobFinished {
+        job: created.job,
+        outcome: JobOutcome::Finished,
+    };
+    assert_eq!(bounded(threads).await.unwrap().unwrap(), finished);
+    assert_eq!(bounded(inline).await.unwrap().unwrap(), finished);
+    let progress = bounded(handle.wait_finished(created.job)).await.unwrap();
+    assert_eq!((progress.done, progress.failed), (n as u32, 0));
+    assert_square_outputs(&handle.outputs(created.job).await.unwrap(), n);
+
+    // A worker that comes after the job ended learns it at once, and exits without error.
+    let late = bounded(run_worker(config(addr), square)).await.unwrap();
+    assert_eq!(late, finished);
+
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_rides_out_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("squares.log");
+    let (handle, addr, server) = real_server(&log, "127.0.0.1:0".parse().unwrap());
+    let n = 400;
+    let created = handle
+        .create_job("squares", "square", squares_inputs(n), Vec::new(), 3)
+        .await
+        .unwrap();
+    // Tasks from 100 on wait at a gate, opened once the server has restarted: the job is
+    // mid-way when the server goes, and the tasks running then finish on a dead connection.
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let handler = {
+        let gate = Arc::clone(&gate);
+        move |ctx: &TaskCtx, kind: &str, input: &[u8]| {
+            if ctx.task().0 >= 100 {
+                let (open, cv) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            square(ctx, kind, input)
+        }
+    };
+    let config = config(addr).with_prefetch(8);
+    let stats = config.stats();
+    let worker = tokio::spawn(run_worker(config, handler));
+
+    let mut progress = handle.progress(created.job).await.unwrap();
+    bounded(progress.wait_for(|p| p.done >= 100)).await.unwrap();
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+
+    let (handle, _, server) = real_server(&log, addr);
+    let resumed = handle
+        .create_job("squares", "square", squares_inputs(n), Vec::new(), 3)
+        .await
+        .unwrap();
+    assert_eq!(resumed.already_done, 100);
+    {
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    let exit = bounded(worker).await.unwrap().unwrap();
+    assert!(matches!(exit, WorkerExit::JobFinished { .. }), "{exit:?}");
+    assert_square_outputs(&handle.outputs(resumed.job).await.unwrap(), n);
+    assert_eq!(stats.connections(), 2);
+    // The two tasks held at the gate when the server went were answered into a dead
+    // connection: dropped, and run again after the restart.
+    assert!(stats.dropped() >= 1, "{:?}", stats.snapshot());
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
 }
 
 /// Throughput of one worker on tiny tasks against the fake server. Run with
