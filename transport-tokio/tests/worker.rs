@@ -518,6 +518,27 @@ async fn a_panic_or_an_error_fails_its_task_and_the_worker_goes_on() {
 }
 
 #[tokio::test]
+async fn an_output_over_the_frame_limit_is_a_permanent_failure() {
+    let fake = Fake::start(Plan::new(3)).await;
+    let config = config(fake.addr).with_max_frame(2048);
+    let handler = |ctx: &TaskCtx, kind: &str, input: &[u8]| -> Result<Vec<u8>, TaskError> {
+        if ctx.task().0 == 1 {
+            Ok(vec![0; 4096])
+        } else {
+            square(ctx, kind, input)
+        }
+    };
+    let exit = bounded(run_worker(config, handler)).await.unwrap();
+    assert!(matches!(exit, WorkerExit::JobFinished { .. }), "{exit:?}");
+    let book = fake.book.lock().unwrap();
+    assert_eq!(book.done.len(), 2);
+    let [(1, Retry::Permanent, text)] = &book.failed[..] else {
+        panic!("{:?}", book.failed)
+    };
+    assert!(text.contains("exceeds the frame limit of 2048"), "{text}");
+}
+
+#[tokio::test]
 async fn tasks_run_in_parallel_on_the_slots() {
     let fake = Fake::start(Plan::new(8)).await;
     // Every task waits for another one: with fewer than 2 tasks at once this would hang.
@@ -832,6 +853,75 @@ fn bench_tiny_tasks() {
             f64::from(tasks) / took.as_secs_f64(),
             snap.rtt_p50_us,
             snap.rtt_p99_us,
+        );
+    }
+}
+
+/// End to end through the real server (durable log on) with two in-process workers, each on
+/// its own runtime. Run with
+/// `cargo test --release -p colony-tokio --test worker bench_real -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark"]
+fn bench_real_server_tiny_tasks() {
+    let n: u64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (execution, slots, prefetch) in [
+        (Execution::Inline, 1, 1023),
+        (Execution::Threads, 1, 1023),
+        (Execution::Inline, 1, 255),
+        (Execution::Threads, 1, 255),
+        (Execution::Threads, 2, 62),
+    ] {
+        let log = dir
+            .path()
+            .join(format!("bench-{execution:?}-{slots}-{prefetch}.log"));
+        let (handle, addr, server) =
+            runtime.block_on(async { real_server(&log, "127.0.0.1:0".parse().unwrap()) });
+        let inputs: Inputs = (0..n).map(|_| [0u8; 0]).collect();
+        let started = Instant::now();
+        let created = runtime
+            .block_on(handle.create_job("noop", "square", inputs, Vec::new(), 3))
+            .unwrap();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let config = config(addr)
+                    .with_execution(execution)
+                    .with_slots(slots)
+                    .with_prefetch(prefetch);
+                let stats = config.stats();
+                let noop = |_: &TaskCtx, _: &str, _: &[u8]| Ok(Vec::new());
+                let thread = std::thread::spawn(move || {
+                    colony_tokio::worker::run_worker_blocking(config, noop)
+                });
+                (thread, stats)
+            })
+            .collect();
+        let mut rtt = colony_tokio::worker::Histogram::new();
+        for (thread, stats) in workers {
+            let exit = thread.join().unwrap().unwrap();
+            assert!(matches!(exit, WorkerExit::JobFinished { .. }));
+            rtt.merge(&stats.lease_rtt());
+        }
+        let took = started.elapsed();
+        let fsyncs = handle.fsyncs();
+        let done = runtime
+            .block_on(handle.wait_finished(created.job))
+            .unwrap()
+            .done;
+        assert_eq!(u64::from(done), n);
+        runtime.block_on(handle.shutdown()).unwrap();
+        runtime.block_on(server).unwrap().unwrap();
+        println!(
+            "real server, 2 workers {execution:?} slots={slots} prefetch={prefetch}: {:.0} tasks/s, \
+             rtt p50 {} us p99 {} us, {fsyncs} fsyncs",
+            n as f64 / took.as_secs_f64(),
+            rtt.p50(),
+            rtt.p99(),
         );
     }
 }
