@@ -1,6 +1,6 @@
 //! The checkpoint log on a file: [`FileStorage`] (the core's [`Storage`] over a `std::fs::File`),
-//! [`open_log`] (create, or replay and repair), and [`GroupCommit`] (a thread that makes batches
-//! of records durable with one `fdatasync` each).
+//! [`open_log`] (create, or replay and repair), [`read_log`] (inspect without changing), and
+//! [`GroupCommit`] (a thread that makes batches of records durable with one `fdatasync` each).
 //!
 //! Invariants:
 //! - A new log is created with [`FILE_HEADER`], and the file and its directory are synced before
@@ -48,7 +48,7 @@ pub struct Recovery {
     pub records: u64,
     /// Length of the good prefix, header included.
     pub valid_len: u64,
-    /// Bytes cut off the end (a torn or corrupt tail).
+    /// Bytes cut off the end (a torn or corrupt tail); for [`read_log`], bytes that would be.
     pub truncated: u64,
     /// Why replay stopped.
     pub stop: StopReason,
@@ -246,6 +246,56 @@ where
     Ok(storage)
 }
 
+/// Reads the checkpoint log at `path` without changing it (no lock, no repair), calling
+/// `replayed` with every good record: for tools that inspect a log another process may be
+/// writing. A damaged tail is reported in the result, not truncated.
+///
+/// # Errors
+/// [`OpenLogError::Foreign`] if the file is not a Colony log, [`OpenLogError::Io`] if it cannot
+/// be read.
+pub fn read_log<F>(path: impl AsRef<Path>, mut replayed: F) -> Result<Recovery, OpenLogError>
+where
+    F: FnMut(Record<'_>),
+{
+    let path = path.as_ref();
+    let io_error = |source| OpenLogError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len();
+    let mut storage = FileStorage {
+        file,
+        len,
+        path: path.to_owned(),
+        recovery: Recovery {
+            created: false,
+            records: 0,
+            valid_len: 0,
+            truncated: 0,
+            stop: StopReason::End,
+        },
+    };
+    let outcome = match replay_alloc(&mut storage, |_, record| replayed(record)) {
+        Ok(outcome) => outcome,
+        Err(ReplayError::Header(reason)) => {
+            return Err(OpenLogError::Foreign {
+                path: path.to_owned(),
+                reason,
+            });
+        }
+        Err(ReplayError::Storage(e)) => return Err(io_error(e)),
+        Err(e) => return Err(io_error(io::Error::other(e.to_string()))),
+    };
+    Ok(Recovery {
+        created: false,
+        records: outcome.records(),
+        valid_len: outcome.valid_len(),
+        truncated: outcome.file_len() - outcome.valid_len().min(outcome.file_len()),
+        stop: outcome.stop(),
+    })
+}
+
 /// Syncs the directory holding `path`, so a newly created entry survives a crash.
 fn sync_parent_dir(path: &Path) -> io::Result<()> {
     let parent = match path.parent() {
@@ -310,6 +360,9 @@ impl GroupCommit {
                             report(Ok(Flushed { lsn: last, spare }));
                         }
                         Err(e) => {
+                            // Refuse further batches before reporting, so a caller that saw
+                            // the error sees every later `submit` fail.
+                            drop(rx);
                             report(Err(e));
                             return;
                         }
@@ -443,6 +496,25 @@ mod tests {
     }
 
     #[test]
+    fn read_log_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt");
+        let (mut s, _) = collect(&path).unwrap();
+        let mut bytes = Vec::new();
+        done(0).append_to(&mut bytes).unwrap();
+        done(1).append_to(&mut bytes).unwrap();
+        s.append(&bytes[..bytes.len() - 3]).unwrap();
+        s.sync().unwrap();
+        let before = std::fs::read(&path).unwrap();
+        // Works while the log is open (and locked) elsewhere.
+        let mut seen = 0;
+        let r = read_log(&path, |_| seen += 1).unwrap();
+        assert_eq!((seen, r.records), (1, 1));
+        assert_eq!(r.truncated, bytes.len() as u64 / 2 - 3);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
     fn second_open_is_refused_while_locked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ckpt");
@@ -479,16 +551,37 @@ mod tests {
         commit.close();
     }
 
-    /// `MemStorage` with `io::Error`, as `GroupCommit` wants.
+    #[test]
+    fn group_commit_reports_a_failed_sync_and_stops() {
+        let (tx, rx) = mpsc::channel();
+        let mut storage = MemStorage::new().into_io();
+        storage.1 = true;
+        let commit = GroupCommit::spawn(storage, move |r| {
+            tx.send(r.map(|f| f.lsn).map_err(|e| e.to_string()))
+                .unwrap();
+        })
+        .unwrap();
+        commit.submit(b"bytes".to_vec(), Lsn(1)).unwrap();
+        assert_eq!(rx.recv().unwrap(), Err("disk on fire".to_owned()));
+        // The thread stopped taking batches: a later one comes back.
+        assert_eq!(
+            commit.submit(b"more".to_vec(), Lsn(2)),
+            Err(b"more".to_vec())
+        );
+        assert!(rx.recv().is_err(), "no report after the failure");
+        commit.close();
+    }
+
+    /// `MemStorage` with `io::Error`, as `GroupCommit` wants; syncs fail if the flag is set.
     trait IntoIo {
         fn into_io(self) -> IoMem;
     }
     impl IntoIo for MemStorage {
         fn into_io(self) -> IoMem {
-            IoMem(self)
+            IoMem(self, false)
         }
     }
-    struct IoMem(MemStorage);
+    struct IoMem(MemStorage, bool);
     impl Storage for IoMem {
         type Error = io::Error;
         fn len(&mut self) -> io::Result<u64> {
@@ -505,6 +598,9 @@ mod tests {
                 .map_err(|e| io::Error::other(e.to_string()))
         }
         fn sync(&mut self) -> io::Result<()> {
+            if self.1 {
+                return Err(io::Error::other("disk on fire"));
+            }
             Ok(())
         }
         fn truncate(&mut self, len: u64) -> io::Result<()> {

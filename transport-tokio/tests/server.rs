@@ -8,7 +8,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use colony_core::proto::{
-    ClientHandshake, ErrorCode, HEADER_LEN, Join, Message, Role, client_proof, encode_frame_into,
+    ClientHandshake, Edge, ErrorCode, HEADER_LEN, Join, Message, Role, client_proof,
+    encode_frame_into,
 };
 use colony_core::sched::CreateJobError;
 use colony_core::{JobId, TaskId};
@@ -481,6 +482,59 @@ async fn checkpoint_resume_runs_only_what_is_left() {
     bounded(server).await.unwrap().unwrap();
 }
 
+/// `chains` chains of `len` tasks each: task `c * len + i` runs after `c * len + i - 1`.
+fn chains(chains: u32, len: u32) -> Vec<Edge> {
+    (0..chains)
+        .flat_map(|c| {
+            (1..len).map(move |i| Edge {
+                before: TaskId(c * len + i - 1),
+                after: TaskId(c * len + i),
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn dependencies_run_in_order() {
+    let secret = Secret::random().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, addr, server) = start(config(&secret).checkpoint(dir.path().join("dag")));
+    let edges = chains(3, 5);
+    let job = bounded(handle.create_job("dag", "square", numbers(15), edges.clone(), 3))
+        .await
+        .unwrap()
+        .job;
+    let mut worker = bounded(RawWorker::connect(addr, &secret, "square"))
+        .await
+        .unwrap();
+    let done = bounded(worker.work(8, square)).await.unwrap();
+    let position = |t: TaskId| done.iter().position(|g| g.task == t).unwrap();
+    for e in &edges {
+        assert!(position(e.before) < position(e.after), "{e:?}");
+    }
+    assert_eq!(bounded(handle.outputs(job)).await.unwrap(), squares(15));
+    // A cycle is refused, naming it.
+    let cycle = vec![
+        Edge {
+            before: TaskId(0),
+            after: TaskId(1),
+        },
+        Edge {
+            before: TaskId(1),
+            after: TaskId(0),
+        },
+    ];
+    let err = bounded(handle.create_job("loop", "square", numbers(2), cycle, 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandleError::Create(CreateJobError::Dag(_))),
+        "{err}"
+    );
+    bounded(handle.shutdown()).await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn torn_tail_is_truncated_on_open() {
     let secret = Secret::random().unwrap();
@@ -622,4 +676,110 @@ async fn unknown_job_is_an_error() {
     ));
     bounded(handle.shutdown()).await.unwrap();
     bounded(server).await.unwrap().unwrap();
+}
+
+/// Throughput through the real server: two raw workers on threads of their own, tiny tasks,
+/// durable log on. Run with
+/// `cargo test --release -p colony-tokio --test server throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release mode"]
+fn throughput() {
+    let tasks: u32 = std::env::var("COLONY_TASKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let window: u32 = std::env::var("COLONY_WINDOW")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2048);
+    let secret = Secret::random().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (handle, addr, server) = runtime
+        .block_on(async { start(config(&secret).checkpoint(dir.path().join("bench.ckpt"))) });
+    let inputs = numbers(tasks);
+    let start = std::time::Instant::now();
+    let job = runtime
+        .block_on(handle.create_job("bench", "noop", inputs, vec![], 3))
+        .unwrap()
+        .job;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let secret = secret.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut w = RawWorker::connect(addr, &secret, "noop").await.unwrap();
+                    w.work(window, |_| Vec::new()).await.unwrap().len()
+                })
+            })
+        })
+        .collect();
+    let done: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let progress = runtime.block_on(handle.wait_finished(job)).unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(progress.done, tasks);
+    assert_eq!(done, tasks as usize);
+    println!(
+        "{tasks} tasks in {:.3} s: {:.0} tasks/s, {} fsyncs",
+        elapsed.as_secs_f64(),
+        f64::from(tasks) / elapsed.as_secs_f64(),
+        handle.fsyncs()
+    );
+    runtime.block_on(handle.shutdown()).unwrap();
+    runtime.block_on(server).unwrap().unwrap();
+}
+
+/// Dependent chains through the real server (10 chains of 1,000), durable log on. Run with
+/// `cargo test --release -p colony-tokio --test server dag_chains -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run in release mode"]
+fn dag_chains() {
+    let secret = Secret::random().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (handle, addr, server) =
+        runtime.block_on(async { start(config(&secret).checkpoint(dir.path().join("dag.ckpt"))) });
+    let start = std::time::Instant::now();
+    let job = runtime
+        .block_on(handle.create_job("dag", "noop", numbers(10_000), chains(10, 1000), 3))
+        .unwrap()
+        .job;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let secret = secret.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut w = RawWorker::connect(addr, &secret, "noop").await.unwrap();
+                    w.work(16, |_| Vec::new()).await.unwrap().len()
+                })
+            })
+        })
+        .collect();
+    let done: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    runtime.block_on(handle.wait_finished(job)).unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(done, 10_000);
+    println!(
+        "10 chains of 1000 in {:.3} s, {} fsyncs",
+        elapsed.as_secs_f64(),
+        handle.fsyncs()
+    );
+    runtime.block_on(handle.shutdown()).unwrap();
+    runtime.block_on(server).unwrap().unwrap();
 }

@@ -557,7 +557,14 @@ impl Engine {
             Event::Query { job, outbox } => {
                 let mut statuses = BatchBuf::new();
                 self.fill_status(job, &mut statuses, self.config.max_frame as usize);
-                outbox.push(&Message::Status(statuses.as_batch()));
+                if let Err(overflow) = outbox.push(&Message::Status(statuses.as_batch())) {
+                    let detail =
+                        format!("not reading: {} bytes waiting to be sent", overflow.backlog);
+                    outbox.close(Some(&Message::Error {
+                        code: ErrorCode::LimitExceeded,
+                        detail: &detail,
+                    }));
+                }
             }
         }
     }
@@ -586,6 +593,8 @@ impl Engine {
             lease_ms: millis(self.config.lease),
             heartbeat_ms: millis(self.config.heartbeat),
         });
+        // Straight to the outbox, before the reader learns the id and may echo a heartbeat:
+        // `Welcome` must be the first frame after the handshake.
         let _ = encode_frame_into(&welcome, &mut conn.staged);
         if self.sched.all_finished() {
             for job in self.sched.job_ids() {
@@ -596,7 +605,7 @@ impl Engine {
                 let _ = encode_frame_into(&finished, &mut conn.staged);
             }
         }
-        Self::mark_dirty(&mut self.dirty, worker, &mut conn);
+        let _ = conn.outbox.push_staged(&mut conn.staged);
         if let Some(slot) = self.workers.get_mut(index) {
             *slot = Some(conn);
         }
@@ -826,6 +835,22 @@ impl Engine {
     /// Says goodbye to every peer, makes every record durable and closes the log.
     async fn finish(mut self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(true);
+        // Stop reading, then apply what workers sent before that, so completions that arrived
+        // are recorded.
+        for conn in self.workers.iter().flatten() {
+            conn.reader.abort();
+        }
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Joined(joined) => {
+                    joined.outbox.close(Some(&Message::ServerGoingAway));
+                    joined.reader.abort();
+                    self.writers.push(joined.writer);
+                }
+                other => self.on_event(other),
+            }
+        }
+        self.drain_actions();
         for i in 0..self.workers.len() {
             let Some(mut conn) = self.workers.get_mut(i).and_then(Option::take) else {
                 continue;

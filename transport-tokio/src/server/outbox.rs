@@ -80,15 +80,28 @@ impl Outbox {
     }
 
     /// Appends one message.
-    pub(super) fn push(&self, message: &Message<'_>) {
+    pub(super) fn push(&self, message: &Message<'_>) -> Result<(), Overflow> {
         let mut inner = self.lock();
         if inner.closing || inner.dead {
-            return;
+            return Ok(());
         }
-        if encode_frame_into(message, &mut inner.buf).is_ok() {
-            drop(inner);
-            self.ready.notify_one();
+        if encode_frame_into(message, &mut inner.buf).is_err() {
+            return Ok(());
         }
+        let backlog = inner.buf.len();
+        drop(inner);
+        self.ready.notify_one();
+        if backlog > self.cap {
+            Err(Overflow { backlog })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the outbox was closed (or its writer died): nothing more will be sent.
+    pub(super) fn is_closed(&self) -> bool {
+        let inner = self.lock();
+        inner.closing || inner.dead
     }
 
     /// Appends `last` (if any) and closes: the writer flushes and shuts the stream down.
@@ -150,9 +163,11 @@ mod tests {
         encode_frame_into(&Message::Ack { lease: LeaseId(1) }, &mut staged).unwrap();
         outbox.push_staged(&mut staged).unwrap();
         assert!(staged.is_empty());
-        outbox.push(&Message::Heartbeat);
+        outbox.push(&Message::Heartbeat).unwrap();
+        assert!(!outbox.is_closed());
         outbox.close(Some(&Message::ServerGoingAway));
-        outbox.push(&Message::Heartbeat); // dropped: after close
+        assert!(outbox.is_closed());
+        outbox.push(&Message::Heartbeat).unwrap(); // dropped: after close
         let mut bytes = Vec::new();
         server.read_to_end(&mut bytes).await.unwrap();
         writer.await.unwrap();

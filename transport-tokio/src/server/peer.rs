@@ -130,6 +130,14 @@ impl Refusal {
         }
     }
 
+    fn not_reading(backlog: usize) -> Self {
+        Refusal {
+            code: Some(ErrorCode::LimitExceeded),
+            reason: format!("not reading: {backlog} bytes waiting to be sent"),
+            quiet: false,
+        }
+    }
+
     fn log(&self, peer: SocketAddr, stage: &str) {
         if self.quiet {
             log::debug!("connection from {peer} closed {stage}: {}", self.reason);
@@ -301,18 +309,17 @@ async fn serve_tcp(
                 writer,
                 reply,
             };
-            if ctx
-                .events
-                .send(Event::Joined(Box::new(joined)))
-                .await
-                .is_err()
-            {
+            if let Err(refused) = ctx.events.send(Event::Joined(Box::new(joined))).await {
+                // The engine stopped meanwhile.
+                if let Event::Joined(joined) = refused.0 {
+                    joined.outbox.close(Some(&Message::ServerGoingAway));
+                }
                 reader.abort();
             }
         }
         Admitted::Observer => {
             log::debug!("observer connected from {peer}");
-            outbox.push(&Message::Welcome(Welcome {
+            let _ = outbox.push(&Message::Welcome(Welcome {
                 worker: WorkerId(0),
                 lease_ms: ctx.lease_ms,
                 heartbeat_ms: ctx.heartbeat_ms,
@@ -371,7 +378,9 @@ fn decode_buffered<R: AsyncRead + Unpin>(
             Message::Credit { count } => items.push(In::Credit(count)),
             Message::Heartbeat => {
                 items.push(In::Heartbeat);
-                outbox.push(&Message::Heartbeat);
+                if let Err(overflow) = outbox.push(&Message::Heartbeat) {
+                    return ReadEnd::Over(Refusal::not_reading(overflow.backlog));
+                }
             }
             Message::Complete { lease, output } => items.push(In::Complete {
                 lease,
@@ -482,10 +491,10 @@ async fn read_observer<R: AsyncRead + Unpin>(
         let query: Result<Option<JobId>, Option<Refusal>> = tokio::select! {
             read = reader.read_message() => match read {
                 Ok(Message::StatusQuery { job }) => Ok(job),
-                Ok(Message::Heartbeat) => {
-                    outbox.push(&Message::Heartbeat);
-                    continue;
-                }
+                Ok(Message::Heartbeat) => match outbox.push(&Message::Heartbeat) {
+                    Ok(()) => continue,
+                    Err(overflow) => Err(Some(Refusal::not_reading(overflow.backlog))),
+                },
                 Ok(Message::Goodbye) => Err(None),
                 Ok(Message::Error { code, detail }) => Err(Some(Refusal {
                     code: None,
@@ -501,6 +510,11 @@ async fn read_observer<R: AsyncRead + Unpin>(
             }
         };
         match query {
+            Ok(_) if outbox.is_closed() => {
+                log::warn!("observer at {peer} dropped: not reading its replies");
+                drain(reader.into_inner()).await;
+                return;
+            }
             Ok(job) => {
                 let query = Event::Query {
                     job,
