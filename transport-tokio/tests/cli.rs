@@ -1,5 +1,6 @@
 //! The `colony` binary as a user runs it: `status` on checkpoints written by the core's log
-//! writer (whole, torn, and not a log at all), its JSON output, and its exit codes.
+//! writer (whole, torn, and not a log at all) and on a live server, its JSON output, its exit
+//! codes, and short `bench` runs through the real server and worker processes.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -190,4 +191,149 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(0));
     let help = stdout(&out);
     assert!(help.contains("status"), "{help}");
+}
+
+/// The last line of stdout as JSON.
+fn last_json(out: &Output) -> serde_json::Value {
+    let text = stdout(out);
+    let last = text.lines().last().expect("some output");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+fn check_report(v: &serde_json::Value, case: &str, tasks: u64) {
+    assert_eq!(v["case"], case, "{v}");
+    assert_eq!(v["tasks"], tasks, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(v["tasks_per_sec"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["p50_us"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["p99_us"].as_u64().unwrap() >= v["p50_us"].as_u64().unwrap(),
+        "{v}"
+    );
+    assert!(v["fsyncs"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["server_rss_bytes_per_queued_task"].as_f64().is_some(),
+        "{v}"
+    );
+    assert!(v["first_item_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["wall_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[test]
+fn bench_dag_smoke() {
+    let out = colony(&[
+        "bench", "--case", "dag", "--tasks", "60", "--chains", "3", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    check_report(&v, "dag", 60);
+    // A chain of 20 needs at least 20 durable steps.
+    assert!(v["fsyncs"].as_u64().unwrap() >= 20, "{v}");
+    assert!(stdout(&out).starts_with("dag: 60 tasks over 2 worker processes"));
+}
+
+#[test]
+fn bench_all_smoke() {
+    let out = colony(&["bench", "--tasks", "500", "--workers", "3", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    check_report(&cases[0], "loop", 500);
+    check_report(&cases[1], "dag", 500);
+    assert_eq!(cases[0]["workers"], 3);
+    let text = stdout(&out);
+    assert!(
+        text.contains("loop: 500 tasks over 3 worker processes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dag: 500 tasks over 3 worker processes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bench_usage_errors_exit_2() {
+    let out = colony(&["bench", "--case", "tree"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = colony(&["bench", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = colony(&["bench", "--case", "dag", "--tasks", "5", "--chains", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("fewer than --chains"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_live_server() {
+    use colony_core::sched::Inputs;
+    use colony_tokio::secret::Secret;
+    use colony_tokio::server::{Server, ServerConfig};
+
+    let secret = Secret::random().unwrap();
+    let config = ServerConfig::new(secret.clone()).listen(([127, 0, 0, 1], 0).into());
+    let bound = Server::bind(config).unwrap();
+    let addr = bound.local_addr().to_string();
+    let handle = bound.handle();
+    let server = bound.spawn();
+    let inputs: Inputs = (0..7u8).map(|i| [i]).collect();
+    let created = handle
+        .create_job("squares", "square", inputs, Vec::new(), 3)
+        .await
+        .unwrap();
+    let id = created.job.0.to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("token");
+    std::fs::write(&secret_file, secret.to_hex()).unwrap();
+    let (hex, file) = (secret.to_hex(), secret_file.to_str().unwrap().to_owned());
+    let (by_env, by_file, json, wrong) = tokio::task::spawn_blocking(move || {
+        let by_env = Command::new(env!("CARGO_BIN_EXE_colony"))
+            .args(["status", "--server", &addr])
+            .env("COLONY_SECRET", &hex)
+            .output()
+            .unwrap();
+        let by_file = colony(&["status", "--server", &addr, "--secret-file", &file]);
+        let json = colony(&[
+            "status",
+            "--json",
+            "--server",
+            &addr,
+            "--secret-file",
+            &file,
+        ]);
+        let wrong = Command::new(env!("CARGO_BIN_EXE_colony"))
+            .args(["status", "--server", &addr])
+            .env("COLONY_SECRET", "00".repeat(32))
+            .output()
+            .unwrap();
+        (by_env, by_file, json, wrong)
+    })
+    .await
+    .unwrap();
+
+    for out in [&by_env, &by_file] {
+        assert!(out.status.success(), "{}", stderr(out));
+        let text = stdout(out);
+        let row = text.lines().find(|l| l.contains("squares")).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            [id.as_str(), "squares", "7", "0", "0", "7", "0", "no"],
+            "{text}"
+        );
+    }
+    assert!(json.status.success(), "{}", stderr(&json));
+    let v = last_json(&json);
+    assert_eq!(v["jobs"][0]["name"], "squares");
+    assert_eq!(v["jobs"][0]["total"], 7);
+    assert_eq!(v["jobs"][0]["running"], 0);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).starts_with("error: "), "{}", stderr(&wrong));
+
+    handle.shutdown().await.unwrap();
+    server.await.unwrap().unwrap();
 }

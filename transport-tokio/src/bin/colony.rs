@@ -3,6 +3,8 @@
 //! Exit codes: 0 on success, 1 when the command fails at run time, 2 when it was called wrongly
 //! (clap reports usage errors with that code). Errors go to stderr as `error: ...`.
 
+#[path = "colony/bench.rs"]
+mod bench;
 #[path = "colony/status.rs"]
 mod status;
 
@@ -24,6 +26,48 @@ struct Cli {
 enum Command {
     /// Show each job's progress, from a checkpoint file or from a running server.
     Status(StatusArgs),
+    /// Benchmark the whole stack on this machine: the real server with its durable checkpoint,
+    /// real sockets on loopback, real worker processes running no-op tasks.
+    Bench(BenchArgs),
+    /// A benchmark worker process (started by `colony bench`).
+    #[command(hide = true)]
+    BenchWorker(BenchWorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Which workload: `loop` (independent tasks, default 1,000,000), `dag` (independent chains
+    /// of dependent tasks, default 10 chains of 1,000), or both.
+    #[arg(long, value_enum, default_value = "all")]
+    case: bench::Case,
+    /// Tasks per case (default: the case's own).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    tasks: Option<u32>,
+    /// Worker processes.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    workers: u32,
+    /// Chains of the `dag` case.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    chains: u32,
+    /// Leases each worker holds beyond the task it runs.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..4096))]
+    prefetch: u32,
+    /// After the summary, print the figures as one JSON line (the last line of output).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BenchWorkerArgs {
+    /// The server's address.
+    #[arg(long)]
+    addr: String,
+    /// The worker's name.
+    #[arg(long, default_value = "bench-worker")]
+    name: String,
+    /// Leases held beyond the task running.
+    #[arg(long, default_value_t = 1024)]
+    prefetch: u32,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +103,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Status(args) => status(&args),
+        Command::Bench(args) => {
+            let plan = bench::Plan {
+                case: args.case,
+                tasks: args.tasks,
+                workers: args.workers,
+                chains: args.chains,
+                prefetch: args.prefetch,
+            };
+            bench::main(&plan, args.json)
+        }
+        Command::BenchWorker(args) => bench::worker(&args.addr, &args.name, args.prefetch),
     }
 }
 
