@@ -381,6 +381,44 @@ async fn lease_expiry_reissues_a_hung_workers_tasks() {
 }
 
 #[tokio::test]
+async fn a_silent_worker_is_taken_for_dead() {
+    let secret = Secret::random().unwrap();
+    // Leases that would outlive the test, one attempt per task: only a disconnect (which does
+    // not count as an attempt) lets the tasks run elsewhere.
+    let (handle, addr, server) = start(
+        config(&secret)
+            .lease_duration(Duration::from_secs(3600))
+            .idle_timeout(Duration::from_millis(200)),
+    );
+    let job = bounded(handle.create_job("silence", "square", numbers(6), vec![], 1))
+        .await
+        .unwrap()
+        .job;
+    let mut silent = bounded(RawWorker::connect(addr, &secret, "square"))
+        .await
+        .unwrap();
+    silent.send(&Message::Credit { count: 3 }).await.unwrap();
+    let taken = bounded(silent.take_grants(3)).await;
+    let seen = bounded(silent.until_closed()).await;
+    assert!(
+        seen.iter()
+            .any(|g| matches!(g, Got::Error(ErrorCode::Timeout, _))),
+        "{seen:?}"
+    );
+    let mut other = bounded(RawWorker::connect(addr, &secret, "square"))
+        .await
+        .unwrap();
+    let done = bounded(other.work(6, square)).await.unwrap();
+    for t in &taken {
+        assert!(done.iter().any(|g| g.task == t.task));
+    }
+    let p = bounded(handle.wait_finished(job)).await.unwrap();
+    assert_eq!((p.done, p.failed), (6, 0));
+    bounded(handle.shutdown()).await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn checkpoint_resume_runs_only_what_is_left() {
     let secret = Secret::random().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -243,6 +243,7 @@ impl Engine {
             secret: config.secret.clone(),
             max_frame: config.max_frame,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
             lease_ms: millis(config.lease),
             heartbeat_ms: millis(config.heartbeat),
             outbox_cap: MIN_OUTBOX_CAP.max(4 * config.max_frame as usize),

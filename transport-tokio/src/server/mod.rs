@@ -64,6 +64,7 @@ pub struct ServerConfig {
     heartbeat: Duration,
     max_frame: u32,
     handshake_timeout: Duration,
+    idle_timeout: Duration,
     max_connections: usize,
     linger: Option<Duration>,
     max_outstanding: u32,
@@ -71,8 +72,8 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: listen on `127.0.0.1:7878` (loopback only), no checkpoint, leases of 30 s,
-    /// heartbeats every second, frames of up to 1 MiB, 5 s to finish a handshake, 1,024
-    /// connections, run until shut down.
+    /// heartbeats every second, a worker silent for 10 s is dropped, frames of up to 1 MiB, 5 s
+    /// to finish a handshake, 1,024 connections, run until shut down.
     pub fn new(secret: Secret) -> Self {
         ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
@@ -82,6 +83,7 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(1),
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
             max_connections: 1024,
             linger: None,
             max_outstanding: 65_536,
@@ -122,6 +124,14 @@ impl ServerConfig {
     /// How long a connection may take to finish its handshake (default 5 s).
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;
+        self
+    }
+
+    /// How long a worker may send nothing before it is taken for dead and disconnected (its
+    /// leases go back to the queue at once, without counting as a failed attempt). Default 10 s;
+    /// keep it several heartbeat intervals long.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
         self
     }
 

@@ -43,6 +43,7 @@ pub(super) struct PeerCtx {
     pub(super) secret: Secret,
     pub(super) max_frame: u32,
     pub(super) handshake_timeout: Duration,
+    pub(super) idle_timeout: Duration,
     pub(super) lease_ms: u32,
     pub(super) heartbeat_ms: u32,
     pub(super) outbox_cap: usize,
@@ -296,7 +297,7 @@ async fn serve_tcp(
                 id,
                 Arc::clone(&outbox),
                 ctx.events.clone(),
-                peer,
+                (peer, ctx.idle_timeout),
                 permit,
             ));
             let joined = Joined {
@@ -427,15 +428,39 @@ async fn read_worker<R: AsyncRead + Unpin>(
     id: oneshot::Receiver<WorkerId>,
     outbox: Arc<Outbox>,
     events: mpsc::Sender<Event>,
-    peer: SocketAddr,
+    (peer, idle): (SocketAddr, Duration),
     _permit: OwnedSemaphorePermit,
 ) {
     let Ok(worker) = id.await else { return };
     let mut items = Vec::new();
+    // One timer for the idle limit, pushed back lazily: a read only notes the time.
+    let mut last_read = tokio::time::Instant::now();
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
     loop {
-        let end = match reader.fill().await {
-            Ok(()) => decode_buffered(&mut reader, &mut items, &outbox),
-            Err(e) => ReadEnd::Over(Refusal::conn(e)),
+        let read = tokio::select! {
+            biased;
+            read = reader.fill() => Some(read),
+            () = &mut idle_check => None,
+        };
+        let end = match read {
+            Some(Ok(())) => {
+                last_read = tokio::time::Instant::now();
+                decode_buffered(&mut reader, &mut items, &outbox)
+            }
+            Some(Err(e)) => ReadEnd::Over(Refusal::conn(e)),
+            None => {
+                let due = last_read + idle;
+                if due > tokio::time::Instant::now() {
+                    idle_check.as_mut().reset(due);
+                    continue;
+                }
+                ReadEnd::Over(Refusal {
+                    code: Some(ErrorCode::Timeout),
+                    reason: format!("silent for {idle:?}, taken for dead"),
+                    quiet: false,
+                })
+            }
         };
         if !items.is_empty() {
             let chunk = if items.iter().any(In::borrows) {
