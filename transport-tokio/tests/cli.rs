@@ -337,3 +337,73 @@ async fn status_of_a_live_server() {
     handle.shutdown().await.unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_checkpoint_written_by_the_server() {
+    use colony_core::proto::Edge;
+    use colony_core::sched::Inputs;
+    use colony_tokio::secret::Secret;
+    use colony_tokio::server::{Server, ServerConfig};
+    use colony_tokio::worker::{TaskCtx, TaskError, WorkerConfig, run_worker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("job.ckpt");
+    let secret = Secret::random().unwrap();
+    let config = ServerConfig::new(secret.clone())
+        .listen(([127, 0, 0, 1], 0).into())
+        .checkpoint(&ckpt);
+    let bound = Server::bind(config).unwrap();
+    let addr = bound.local_addr().to_string();
+    let handle = bound.handle();
+    let server = bound.spawn();
+    let inputs: Inputs = (0..6u8).map(|i| [i]).collect();
+    let edges = vec![Edge {
+        before: TaskId(0),
+        after: TaskId(1),
+    }];
+    let created = handle
+        .create_job("cubes", "cube", inputs, edges, 2)
+        .await
+        .unwrap();
+
+    // While the server runs and holds the file: the job is there, nothing done yet.
+    let path = ckpt.to_str().unwrap().to_owned();
+    let p = path.clone();
+    let out = tokio::task::spawn_blocking(move || colony(&["status", "--json", &p]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    assert_eq!(v["jobs"][0]["name"], "cubes");
+    assert_eq!(v["jobs"][0]["total"], 6);
+    assert_eq!(v["jobs"][0]["done"], 0);
+
+    // Task 5 fails for good; the rest succeed.
+    let body = |ctx: &TaskCtx, _: &str, input: &[u8]| -> Result<Vec<u8>, TaskError> {
+        if ctx.task() == TaskId(5) {
+            return Err(TaskError::permanent("five is right out"));
+        }
+        Ok(input.to_vec())
+    };
+    let worker = WorkerConfig::new(addr, secret)
+        .with_kinds(["cube"])
+        .with_slots(1);
+    run_worker(worker, body).await.unwrap();
+    let last = handle.wait_finished(created.job).await.unwrap();
+    assert_eq!((last.done, last.failed), (5, 1));
+    handle.shutdown().await.unwrap();
+    server.await.unwrap().unwrap();
+
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let out = colony(&["status", &path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = text.lines().find(|l| l.contains("cubes")).unwrap();
+    assert_eq!(
+        row.split_whitespace().skip(1).collect::<Vec<_>>(),
+        ["cubes", "cube", "6", "5", "1", "0", "yes"],
+        "{text}"
+    );
+    assert!(text.ends_with("tail: clean\n"), "{text}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), bytes);
+}
