@@ -8,14 +8,14 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use colony_core::proto::{
-    ClientHandshake, Edge, ErrorCode, HEADER_LEN, Join, Message, Role, client_proof,
+    ClientHandshake, ClientInfo, Edge, ErrorCode, HEADER_LEN, Join, Message, Role, client_proof,
     encode_frame_into,
 };
 use colony_core::sched::CreateJobError;
 use colony_core::{JobId, TaskId};
 use colony_tokio::conn::{ConnError, FramedConn, connect_and_handshake};
 use colony_tokio::secret::Secret;
-use colony_tokio::server::{HandleError, Server};
+use colony_tokio::server::{CallHandler, HandleError, Server};
 use common::{Got, RawWorker, bounded, config, numbers, square, start};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -677,6 +677,126 @@ async fn observer_reads_status_and_heartbeats_are_echoed() {
         bounded(conn.read_message()).await.unwrap(),
         Message::ServerGoingAway
     ));
+    bounded(server).await.unwrap().unwrap();
+}
+
+/// Reads until the answer to `call` arrives: `Ok(result)` or `Err(error)`.
+async fn answer(conn: &mut FramedConn<TcpStream>, call: u32) -> Result<Vec<u8>, String> {
+    loop {
+        match bounded(conn.read_message()).await.unwrap() {
+            Message::CallReturn { call: c, result } if c == call => return Ok(result.to_vec()),
+            Message::CallError { call: c, error } if c == call => return Err(error.to_owned()),
+            Message::CallReturn { .. } | Message::CallError { .. } | Message::Heartbeat => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn remote_calls_run_beside_scheduling() {
+    let secret = Secret::random().unwrap();
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
+    let handler: CallHandler = std::sync::Arc::new(move |name: &str, args: &[u8]| match name {
+        "double" => Ok(args.iter().map(|b| b * 2).collect()),
+        "slow" => {
+            gate.lock().unwrap().recv().map_err(|e| e.to_string())?;
+            Ok(b"finally".to_vec())
+        }
+        "boom" => Err("it went boom".to_owned()),
+        "panic" => panic!("deliberately"),
+        other => Err(format!("no function {other:?}")),
+    });
+    let (handle, addr, server) = start(config(&secret).call_handler(handler));
+    let job = bounded(handle.create_job("beside", "square", numbers(50), vec![], 3))
+        .await
+        .unwrap()
+        .job;
+
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let role = Role::Client(ClientInfo { name: "caller" });
+    let (mut caller, _) = bounded(connect_and_handshake(stream, &secret, role, 1 << 16))
+        .await
+        .unwrap();
+    // A call that blocks until released...
+    bounded(caller.send(&Message::Call {
+        call: 1,
+        name: "slow",
+        args: &[],
+    }))
+    .await
+    .unwrap();
+    // ...does not hold up other calls...
+    bounded(caller.send(&Message::Call {
+        call: 2,
+        name: "double",
+        args: &[1, 2, 3],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(answer(&mut caller, 2).await, Ok(vec![2, 4, 6]));
+    // ...nor the job.
+    let mut worker = bounded(RawWorker::connect(addr, &secret, "square"))
+        .await
+        .unwrap();
+    assert_eq!(bounded(worker.work(4, square)).await.unwrap().len(), 50);
+    assert!(bounded(handle.wait_finished(job)).await.unwrap().finished);
+    release.send(()).unwrap();
+    assert_eq!(answer(&mut caller, 1).await, Ok(b"finally".to_vec()));
+
+    for (call, name, expected) in [
+        (3, "boom", "it went boom"),
+        (4, "panic", "function \"panic\" panicked"),
+        (5, "nothing", "no function \"nothing\""),
+    ] {
+        bounded(caller.send(&Message::Call {
+            call,
+            name,
+            args: &[],
+        }))
+        .await
+        .unwrap();
+        assert_eq!(answer(&mut caller, call).await, Err(expected.to_owned()));
+    }
+
+    // A worker connection may call too.
+    worker
+        .send(&Message::Call {
+            call: 9,
+            name: "double",
+            args: &[21],
+        })
+        .await
+        .unwrap();
+    loop {
+        if let Got::Other("CallReturn") = bounded(worker.recv()).await.unwrap() {
+            break;
+        }
+    }
+    bounded(handle.shutdown()).await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn calls_without_a_handler_are_refused() {
+    let secret = Secret::random().unwrap();
+    let (handle, addr, server) = start(config(&secret));
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut caller, _) = bounded(connect_and_handshake(stream, &secret, Role::Observer, 4096))
+        .await
+        .unwrap();
+    bounded(caller.send(&Message::Call {
+        call: 7,
+        name: "anything",
+        args: &[],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        answer(&mut caller, 7).await,
+        Err("this server has no functions to call".to_owned())
+    );
+    bounded(handle.shutdown()).await.unwrap();
     bounded(server).await.unwrap().unwrap();
 }
 

@@ -248,6 +248,7 @@ impl Engine {
             heartbeat_ms: millis(config.heartbeat),
             outbox_cap: MIN_OUTBOX_CAP.max(4 * config.max_frame as usize),
             max_connections: config.max_connections,
+            calls: config.calls.as_ref().map(|c| c.0.clone()),
             events: self.events_tx.clone(),
             shutdown: self.shutdown.subscribe(),
         });

@@ -26,8 +26,10 @@
 //!   with its address; nothing else is disturbed. A worker that disconnects is removed at once
 //!   and its leases go back to the queue.
 //!
-//! Remote calls (`execute`) will be routed in the reader (see `peer.rs`): a call runs on a task
-//! of its own and answers straight into the connection's outbox, so it never stalls the engine.
+//! Remote calls (`execute`): a peer's `Call` is handled by its connection's reader, never the
+//! engine. The function ([`ServerConfig::call_handler`]) runs on a blocking thread and its
+//! `CallReturn` or `CallError` goes straight into that connection's outbox, so a slow function
+//! stalls neither scheduling nor the connection.
 
 mod engine;
 mod handle;
@@ -54,6 +56,21 @@ use crate::secret::Secret;
 /// The default port of a Colony server.
 pub const DEFAULT_PORT: u16 = 7878;
 
+/// A function table for remote calls: `(name, postcard-encoded args)` to the postcard-encoded
+/// result, or an error text (unknown name, arguments that do not decode, the function's error).
+/// It runs on a blocking thread, so it may block.
+pub type CallHandler = Arc<dyn Fn(&str, &[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// [`CallHandler`] with a `Debug` impl, so the config stays `Debug`.
+#[derive(Clone)]
+struct Calls(CallHandler);
+
+impl std::fmt::Debug for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallHandler")
+    }
+}
+
 /// Settings of a [`Server`]. Start from [`ServerConfig::new`] and change what you need.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -68,6 +85,7 @@ pub struct ServerConfig {
     max_connections: usize,
     linger: Option<Duration>,
     max_outstanding: u32,
+    calls: Option<Calls>,
 }
 
 impl ServerConfig {
@@ -87,6 +105,7 @@ impl ServerConfig {
             max_connections: 1024,
             linger: None,
             max_outstanding: 65_536,
+            calls: None,
         }
     }
 
@@ -151,6 +170,13 @@ impl ServerConfig {
     /// The most leases plus unused credit one worker may have (default 65,536).
     pub fn max_outstanding(mut self, n: u32) -> Self {
         self.max_outstanding = n;
+        self
+    }
+
+    /// The functions authenticated peers may call (`Message::Call`); without one every call is
+    /// answered with an error.
+    pub fn call_handler(mut self, handler: CallHandler) -> Self {
+        self.calls = Some(Calls(handler));
         self
     }
 

@@ -13,7 +13,9 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use colony_core::proto::{
@@ -24,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::CallHandler;
 use super::engine::{Event, In, Joined};
 use super::outbox::Outbox;
 use crate::conn::{ConnError, FrameReader, FramedConn};
@@ -37,8 +40,10 @@ const READ_BUFFER: usize = 64 * 1024;
 const LINGER_CLOSE: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// Remote calls one connection may have running at once; more are answered with an error.
+const MAX_CALLS_IN_FLIGHT: usize = 64;
+
 /// What every connection task needs.
-#[derive(Debug)]
 pub(super) struct PeerCtx {
     pub(super) secret: Secret,
     pub(super) max_frame: u32,
@@ -48,6 +53,7 @@ pub(super) struct PeerCtx {
     pub(super) heartbeat_ms: u32,
     pub(super) outbox_cap: usize,
     pub(super) max_connections: usize,
+    pub(super) calls: Option<CallHandler>,
     pub(super) events: mpsc::Sender<Event>,
     pub(super) shutdown: watch::Receiver<bool>,
 }
@@ -295,7 +301,7 @@ async fn serve_tcp(
             let reader = tokio::spawn(read_worker(
                 reader,
                 id,
-                Arc::clone(&outbox),
+                CallRunner::new(&ctx, &outbox, max_frame),
                 ctx.events.clone(),
                 (peer, ctx.idle_timeout),
                 permit,
@@ -318,28 +324,92 @@ async fn serve_tcp(
                 reader.abort();
             }
         }
-        Admitted::Observer => {
-            log::debug!("observer connected from {peer}");
+        Admitted::Observer | Admitted::Client { .. } => {
+            let what = match &admitted {
+                Admitted::Client { name } => format!("task client {name:?}"),
+                _ => "observer".to_owned(),
+            };
+            log::debug!("{what} connected from {peer}");
             let _ = outbox.push(&Message::Welcome(Welcome {
                 worker: WorkerId(0),
                 lease_ms: ctx.lease_ms,
                 heartbeat_ms: ctx.heartbeat_ms,
             }));
-            read_observer(reader, outbox, &ctx, peer).await;
+            let calls = CallRunner::new(&ctx, &outbox, max_frame);
+            read_client(reader, calls, &ctx, peer).await;
             let _ = writer.await;
-            drop(permit);
-        }
-        Admitted::Client { name } => {
-            log::warn!("task client {name:?} from {peer} refused: not supported by this server");
-            outbox.close(Some(&Message::Error {
-                code: ErrorCode::Other,
-                detail: "task clients are not supported by this server yet",
-            }));
-            let _ = writer.await;
-            drain(reader.into_inner()).await;
             drop(permit);
         }
     }
+}
+
+/// Runs one connection's remote calls: each on a blocking thread, answered into the outbox.
+struct CallRunner {
+    handler: Option<CallHandler>,
+    outbox: Arc<Outbox>,
+    in_flight: Arc<AtomicUsize>,
+    max_frame: u32,
+}
+
+impl CallRunner {
+    fn new(ctx: &PeerCtx, outbox: &Arc<Outbox>, max_frame: u32) -> Self {
+        CallRunner {
+            handler: ctx.calls.clone(),
+            outbox: Arc::clone(outbox),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_frame,
+        }
+    }
+
+    /// Starts `name(args)`; the answer goes to the outbox when it is done.
+    fn start(&self, call: u32, name: &str, args: &[u8]) {
+        let refuse = |error: &str| {
+            let _ = self.outbox.push(&Message::CallError { call, error });
+        };
+        let Some(handler) = self.handler.clone() else {
+            return refuse("this server has no functions to call");
+        };
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_CALLS_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return refuse("too many calls in flight on this connection");
+        }
+        let (name, args) = (name.to_owned(), args.to_vec());
+        let outbox = Arc::clone(&self.outbox);
+        let in_flight = Arc::clone(&self.in_flight);
+        // Room for the answer's other fields.
+        let room = (self.max_frame as usize).saturating_sub(32);
+        tokio::task::spawn_blocking(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| handler(&name, &args)))
+                .unwrap_or_else(|_| Err(format!("function {name:?} panicked")));
+            let _ = match result {
+                Ok(result) if result.len() <= room => outbox.push(&Message::CallReturn {
+                    call,
+                    result: &result,
+                }),
+                Ok(result) => outbox.push(&Message::CallError {
+                    call,
+                    error: &format!(
+                        "the result of {name:?} ({} bytes) does not fit in a frame",
+                        result.len()
+                    ),
+                }),
+                Err(error) => outbox.push(&Message::CallError {
+                    call,
+                    error: clip(&error, room),
+                }),
+            };
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 /// How a read ended.
@@ -362,7 +432,7 @@ fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
 fn decode_buffered<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     items: &mut Vec<In>,
-    outbox: &Outbox,
+    calls: &CallRunner,
 ) -> ReadEnd {
     loop {
         let range = match reader.next_buffered() {
@@ -379,10 +449,11 @@ fn decode_buffered<R: AsyncRead + Unpin>(
             Message::Credit { count } => items.push(In::Credit(count)),
             Message::Heartbeat => {
                 items.push(In::Heartbeat);
-                if let Err(overflow) = outbox.push(&Message::Heartbeat) {
+                if let Err(overflow) = calls.outbox.push(&Message::Heartbeat) {
                     return ReadEnd::Over(Refusal::not_reading(overflow.backlog));
                 }
             }
+            Message::Call { call, name, args } => calls.start(call, name, args),
             Message::Complete { lease, output } => items.push(In::Complete {
                 lease,
                 output: range_in(buffer, output),
@@ -408,9 +479,6 @@ fn decode_buffered<R: AsyncRead + Unpin>(
                     quiet: false,
                 });
             }
-            // Remote calls (`execute`) go here: spawn the call on a task of its own with a clone
-            // of the outbox, and push its `CallResult` there when done, so neither this reader
-            // nor the engine waits on it.
             other => {
                 return ReadEnd::Over(Refusal {
                     code: Some(ErrorCode::BadMessage),
@@ -426,7 +494,7 @@ fn decode_buffered<R: AsyncRead + Unpin>(
 async fn read_worker<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     id: oneshot::Receiver<WorkerId>,
-    outbox: Arc<Outbox>,
+    calls: CallRunner,
     events: mpsc::Sender<Event>,
     (peer, idle): (SocketAddr, Duration),
     _permit: OwnedSemaphorePermit,
@@ -446,7 +514,7 @@ async fn read_worker<R: AsyncRead + Unpin>(
         let end = match read {
             Some(Ok(())) => {
                 last_read = tokio::time::Instant::now();
-                decode_buffered(&mut reader, &mut items, &outbox)
+                decode_buffered(&mut reader, &mut items, &calls)
             }
             Some(Err(e)) => ReadEnd::Over(Refusal::conn(e)),
             None => {
@@ -489,7 +557,7 @@ async fn read_worker<R: AsyncRead + Unpin>(
             ReadEnd::Over(refusal) => {
                 refusal.log(peer, &format!("({worker})"));
                 if let Some(code) = refusal.code {
-                    outbox.close(Some(&Message::Error {
+                    calls.outbox.close(Some(&Message::Error {
                         code,
                         detail: &refusal.reason,
                     }));
@@ -503,19 +571,24 @@ async fn read_worker<R: AsyncRead + Unpin>(
     }
 }
 
-/// An observer's reader: answers status queries (through the engine) until it leaves or the
-/// server shuts down.
-async fn read_observer<R: AsyncRead + Unpin>(
+/// An observer's or task client's reader: answers status queries (through the engine) and
+/// remote calls until the peer leaves or the server shuts down.
+async fn read_client<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
-    outbox: Arc<Outbox>,
+    calls: CallRunner,
     ctx: &PeerCtx,
     peer: SocketAddr,
 ) {
+    let outbox = Arc::clone(&calls.outbox);
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let query: Result<Option<JobId>, Option<Refusal>> = tokio::select! {
             read = reader.read_message() => match read {
                 Ok(Message::StatusQuery { job }) => Ok(job),
+                Ok(Message::Call { call, name, args }) => {
+                    calls.start(call, name, args);
+                    continue;
+                }
                 Ok(Message::Heartbeat) => match outbox.push(&Message::Heartbeat) {
                     Ok(()) => continue,
                     Err(overflow) => Err(Some(Refusal::not_reading(overflow.backlog))),
@@ -526,7 +599,7 @@ async fn read_observer<R: AsyncRead + Unpin>(
                     reason: format!("peer closed with {code:?}: {detail}"),
                     quiet: true,
                 })),
-                Ok(other) => Err(Some(Refusal::unexpected("StatusQuery", other.name()))),
+                Ok(other) => Err(Some(Refusal::unexpected("StatusQuery or Call", other.name()))),
                 Err(e) => Err(Some(Refusal::conn(e))),
             },
             _ = shutdown.wait_for(|stopping| *stopping) => {
@@ -536,7 +609,7 @@ async fn read_observer<R: AsyncRead + Unpin>(
         };
         match query {
             Ok(_) if outbox.is_closed() => {
-                log::warn!("observer at {peer} dropped: not reading its replies");
+                log::warn!("connection from {peer} dropped: not reading its replies");
                 drain(reader.into_inner()).await;
                 return;
             }
@@ -553,7 +626,7 @@ async fn read_observer<R: AsyncRead + Unpin>(
             Err(refusal) => {
                 let mut last = None;
                 if let Some(refusal) = &refusal {
-                    refusal.log(peer, "(observer)");
+                    refusal.log(peer, "(client)");
                     last = refusal.code.map(|code| (code, refusal.reason.as_str()));
                 }
                 outbox.close(
