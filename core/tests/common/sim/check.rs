@@ -37,6 +37,12 @@ pub(crate) struct Durable {
     pub(crate) failed_count: Vec<u32>,
     pub(crate) finished: Vec<bool>,
     pub(crate) records: u64,
+    /// Tasks that failed for good on a poisoned input.
+    pub(crate) poisoned: u64,
+    /// Tasks that failed for good because they ran out of attempts.
+    pub(crate) exhausted: u64,
+    /// Tasks that failed for good because a predecessor did.
+    pub(crate) cascaded: u64,
 }
 
 /// The jobs and what the durable log says about them.
@@ -194,6 +200,12 @@ impl Durable {
                 if self.done[j][t as usize] || self.failed[j][t as usize] {
                     bail!("job {j} task {t} recorded twice in the durable log (second: done)");
                 }
+                if let Some(p) = jobs[j].preds[t as usize]
+                    .iter()
+                    .find(|&&p| !self.done[j][p as usize])
+                {
+                    bail!("job {j} task {t} recorded done before its predecessor {p}");
+                }
                 match jobs[j].expected(t) {
                     None => bail!("job {j} task {t} is doomed but recorded done"),
                     Some(want) if want != output => {
@@ -205,15 +217,31 @@ impl Durable {
                 self.done_count[j] += 1;
                 return Ok(Some((j, t)));
             }
-            Record::TaskFailed { job, task, .. } => {
+            Record::TaskFailed {
+                job,
+                task,
+                attempts,
+                ..
+            } => {
                 let j = self.job(job)?;
                 let t = Self::task(jobs, j, task.0)?;
                 if self.done[j][t as usize] || self.failed[j][t as usize] {
                     bail!("job {j} task {t} recorded twice in the durable log (second: failed)");
                 }
-                if !jobs[j].doomed[t as usize] {
-                    bail!("job {j} task {t} failed for good, but it can succeed");
+                let sim = &jobs[j];
+                let cascaded = sim.preds[t as usize]
+                    .iter()
+                    .any(|&p| self.failed[j][p as usize]);
+                let poisoned = sim.poisoned[t as usize] && attempts >= 1;
+                let exhausted = !sim.strict() && attempts >= sim.max_attempts;
+                if !(cascaded || poisoned || exhausted) {
+                    bail!(
+                        "job {j} task {t} failed for good after {attempts} attempts, but it can succeed"
+                    );
                 }
+                self.cascaded += u64::from(cascaded);
+                self.poisoned += u64::from(poisoned && !cascaded);
+                self.exhausted += u64::from(exhausted && !cascaded && !poisoned);
                 self.failed[j][t as usize] = true;
                 self.failed_count[j] += 1;
                 return Ok(Some((j, t)));

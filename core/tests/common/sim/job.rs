@@ -41,13 +41,16 @@ pub(crate) struct SimJob {
     pub(crate) preds: Vec<Vec<u32>>,
     /// Tasks that must end failed.
     pub(crate) doomed: Vec<bool>,
+    /// Poisoned tasks (their handler fails for good).
+    pub(crate) poisoned: Vec<bool>,
     /// The output each task must end with, `None` for doomed tasks.
     outputs: Vec<Option<Vec<u8>>>,
     pub(crate) max_attempts: u16,
 }
 
 impl SimJob {
-    /// A job of `tasks` tasks of `kind`, shaped at random, with `poison` poisoned tasks.
+    /// A job of `tasks` tasks of `kind`, shaped at random, with `poison` poisoned tasks; a few
+    /// jobs allow only one to three attempts per task.
     pub(crate) fn generate(
         rng: &mut Rng,
         index: usize,
@@ -132,6 +135,7 @@ impl SimJob {
             .collect();
         SimJob {
             outputs,
+            poisoned,
             name: format!("sim-job-{index}"),
             kind,
             shape,
@@ -139,8 +143,18 @@ impl SimJob {
             edges,
             preds,
             doomed,
-            max_attempts: 20,
+            max_attempts: if rng.chance(200) {
+                rng.range(1, 4) as u16
+            } else {
+                20
+            },
         }
+    }
+
+    /// Whether every task that can succeed must succeed: attempts are plenty. With few, a
+    /// task may run out of them (task errors and expired leases count) and fail for good.
+    pub(crate) fn strict(&self) -> bool {
+        self.max_attempts >= 20
     }
 
     /// Number of tasks.

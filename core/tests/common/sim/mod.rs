@@ -121,6 +121,10 @@ pub(crate) struct Stats {
     pub(crate) fenced_answers: u64,
     pub(crate) retryable_failures: u64,
     pub(crate) permanent_failures: u64,
+    pub(crate) failed: u64,
+    pub(crate) poisoned: u64,
+    pub(crate) exhausted: u64,
+    pub(crate) cascaded: u64,
     pub(crate) worker_kills: u64,
     pub(crate) link_drops: u64,
     pub(crate) hangs: u64,
@@ -162,6 +166,10 @@ impl Stats {
             fenced_answers,
             retryable_failures,
             permanent_failures,
+            failed,
+            poisoned,
+            exhausted,
+            cascaded,
             worker_kills,
             link_drops,
             hangs,
@@ -187,6 +195,8 @@ impl Stats {
 pub(crate) struct Report {
     pub(crate) seed: u64,
     pub(crate) stats: Stats,
+    /// The jobs and workers of the run, one line each.
+    pub(crate) setup: Vec<String>,
     /// Notable events (crashes, restarts, workers dying), in order.
     pub(crate) events: Vec<String>,
 }
@@ -222,6 +232,7 @@ pub(crate) fn run(seed: u64, options: &Options) -> Result<Report, Failure> {
     match world.run() {
         Ok(()) => Ok(Report {
             seed,
+            setup: world.setup(),
             stats: world.stats,
             events: world.events,
         }),
@@ -284,6 +295,8 @@ struct World {
     next_fault_at: u64,
     stats: Stats,
     events: Vec<String>,
+    /// The run is over; the last crash and restart only verify the log.
+    verifying: bool,
 }
 
 impl World {
@@ -359,6 +372,7 @@ impl World {
             next_fault_at: u64::MAX,
             stats,
             events: Vec::new(),
+            verifying: false,
         };
         world.next_fault_at = world.fault_gap();
         if world.trace {
@@ -379,6 +393,47 @@ impl World {
             trace!(world, "{:?}", world.plan);
         }
         world
+    }
+
+    /// One line per job and per worker.
+    fn setup(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (j, job) in self.oracle.jobs.iter().enumerate() {
+            let shape = match job.shape {
+                job::Shape::Flat => "no dependencies".to_string(),
+                job::Shape::Layered(n) => format!("a DAG of {n} layers, {} edges", job.edges.len()),
+                job::Shape::Sparse => format!("a sparse DAG of {} edges", job.edges.len()),
+            };
+            let poisoned = job.poisoned.iter().filter(|&&p| p).count();
+            lines.push(format!(
+                "job {j}: {} tasks of {:?}, {shape}, {} attempts per task{}",
+                job.tasks(),
+                job.kind,
+                job.max_attempts,
+                if poisoned > 0 {
+                    format!(", {poisoned} poisoned")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        for w in &self.workers {
+            let p = &w.plan;
+            lines.push(format!(
+                "worker {:<9} ({:?}, {} slots) runs {:?}, frames up to {} B{}",
+                p.name,
+                p.platform,
+                p.slots,
+                p.kinds,
+                p.max_frame,
+                if p.join_at > 0 {
+                    format!(", joins at {} ms", p.join_at / 1000)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        lines
     }
 
     fn instant(&self) -> Instant {
@@ -740,6 +795,7 @@ impl World {
             for t in 0..job.tasks() {
                 let task = colony_core::TaskId(t);
                 match job.expected(t) {
+                    Some(_) if !job.strict() && self.oracle.failed(j, t) => {}
                     Some(want) => {
                         if !self.oracle.done(j, t) {
                             bail!("job {j} task {t} is not durably done at the end");
@@ -759,7 +815,18 @@ impl World {
                 bail!("job {j} has no durable end");
             }
         }
+        self.stats.failed = self
+            .oracle
+            .durable
+            .failed_count
+            .iter()
+            .map(|&c| u64::from(c))
+            .sum();
+        self.stats.poisoned = self.oracle.durable.poisoned;
+        self.stats.exhausted = self.oracle.durable.exhausted;
+        self.stats.cascaded = self.oracle.durable.cascaded;
         // One more crash: a fresh scheduler must find everything done, and lease nothing.
+        self.verifying = true;
         self.crash_server();
         self.start_server()?;
         let Some(s) = &self.server else {
@@ -773,6 +840,10 @@ impl World {
                 other => bail!("after the final restart job {j} shows {other:?}"),
             }
         }
+        self.event(format!(
+            "check: after one more crash, a new server finds all {} tasks settled",
+            self.stats.tasks
+        ));
         Ok(())
     }
 }

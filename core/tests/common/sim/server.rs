@@ -249,7 +249,7 @@ impl World {
         }
         repair(&mut self.storage, &replayed).map_err(|e| format!("log repair failed: {e}"))?;
         sched.replay_done();
-        if let Some((durable, unsynced)) = self.crashed.take() {
+        if let Some((durable, unsynced)) = self.crashed.take().filter(|_| !self.verifying) {
             let kept = replayed.valid_len().saturating_sub(durable);
             self.stats.tail_bytes_kept += kept;
             self.stats.tail_bytes_lost += unsynced.saturating_sub(kept);
@@ -284,7 +284,7 @@ impl World {
             server.check_tasks(&self.oracle, &self.job_ids)?;
         }
         self.server = Some(server);
-        if self.stats.fsyncs > 0 || self.stats.server_crashes > 0 {
+        if !self.verifying && (self.stats.fsyncs > 0 || self.stats.server_crashes > 0) {
             self.stats.resumed_settled += u64::from(resumed);
             self.event(format!(
                 "server starts on a {}-byte log: {} records, {resumed} tasks already settled",
@@ -310,6 +310,9 @@ impl World {
         self.crashed = Some((durable, unsynced));
         let down = self.rng.range(1_000, 600_000);
         self.restart_at = Some(self.now + down);
+        if self.verifying {
+            return;
+        }
         self.stats.server_crashes += 1;
         self.event(format!(
             "SERVER CRASHES with {unsynced} log bytes unsynced ({how:?}); back in {} ms",
