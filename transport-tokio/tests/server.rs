@@ -33,6 +33,15 @@ async fn raw_worker_completes_a_job() {
         .await
         .unwrap();
     assert_eq!(created.already_done, 0);
+    // The job is durable once `create_job` returns.
+    let mut names = Vec::new();
+    colony_tokio::logfile::read_log(dir.path().join("ckpt"), |r| {
+        if let colony_core::log::Record::JobHeader { name, .. } = r {
+            names.push(name.to_owned());
+        }
+    })
+    .unwrap();
+    assert_eq!(names, ["squares"]);
 
     let mut worker = bounded(RawWorker::connect(addr, &secret, "square"))
         .await

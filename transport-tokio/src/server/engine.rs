@@ -28,8 +28,10 @@ use colony_core::proto::{
     BatchBuf, ErrorCode, JobOutcome, JobStatus, LeaseGrant, Message, Retry, Welcome,
     encode_frame_into,
 };
-use colony_core::sched::{Action, JobDef, ProtocolError, Scheduler, TaskState};
-use colony_core::{Attempt, Instant, JobId, LeaseId, TaskId, WorkerId};
+use colony_core::sched::{
+    Action, CreateJobError, Created, JobDef, ProtocolError, Scheduler, TaskState,
+};
+use colony_core::{Attempt, Instant, JobId, LeaseId, Lsn, TaskId, WorkerId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -190,6 +192,17 @@ pub(super) struct Engine {
     fault: Option<io::Error>,
     /// Leases whose input cannot fit in their worker's frames: (worker, lease, input bytes).
     oversized: Vec<(WorkerId, LeaseId, usize)>,
+    /// Jobs created whose records are not durable yet: answered once they are. `None` until the
+    /// records are handed to the log, then the LSN that must become durable.
+    creating: Vec<Creating>,
+}
+
+/// A `create_job` answer waiting for its records to be durable.
+#[derive(Debug)]
+struct Creating {
+    lsn: Option<Lsn>,
+    created: Created,
+    reply: oneshot::Sender<Result<Created, CreateJobError>>,
 }
 
 impl Engine {
@@ -223,6 +236,7 @@ impl Engine {
             shutdown_waiters: Vec::new(),
             fault: None,
             oversized: Vec::new(),
+            creating: Vec::new(),
         }
     }
 
@@ -337,6 +351,9 @@ impl Engine {
             self.log_spare = bytes;
             return false;
         };
+        for waiting in &mut self.creating {
+            waiting.lsn.get_or_insert(lsn);
+        }
         match commit.submit(bytes, lsn) {
             Ok(()) => self.in_flight = true,
             Err(_) => {
@@ -358,6 +375,13 @@ impl Engine {
             Ok(f) => {
                 self.log_spare = f.spare;
                 self.sched.durable(f.lsn);
+                let (ready, waiting) = std::mem::take(&mut self.creating)
+                    .into_iter()
+                    .partition(|c| c.lsn.is_some_and(|lsn| lsn <= f.lsn));
+                self.creating = waiting;
+                for c in ready {
+                    let _ = c.reply.send(Ok(c.created));
+                }
             }
             Err(e) => self.fail(e),
         }
@@ -769,7 +793,20 @@ impl Engine {
                     }
                     Err(e) => log::warn!("job {name:?} refused: {e}"),
                 }
-                let _ = reply.send(result);
+                match result {
+                    // Answer once the job's header (and whatever else is logged) is durable,
+                    // so a crash right after `create_job` returns cannot lose the job.
+                    Ok(created) if self.log.is_some() && self.sched.has_log() => {
+                        self.creating.push(Creating {
+                            lsn: None,
+                            created,
+                            reply,
+                        });
+                    }
+                    result => {
+                        let _ = reply.send(result);
+                    }
+                }
             }
             Command::Progress { job, reply } => {
                 let _ = reply.send(self.watch(job));

@@ -153,7 +153,8 @@ impl ServerHandle {
     /// Creates a job of `kind` with one task per input, dependency `edges` `(before, after)` and
     /// `max_attempts` per task, or resumes the job of the same `name` from the checkpoint (done
     /// tasks are not run again; [`Created::already_done`] counts them), or returns the live job
-    /// of that name.
+    /// of that name. With a checkpoint, it returns once the job's header record is durable, so
+    /// the job survives a crash from then on.
     ///
     /// # Errors
     /// [`HandleError::Create`] if the job is invalid (a cycle, 0 attempts) or differs from the
