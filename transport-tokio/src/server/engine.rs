@@ -169,7 +169,6 @@ enum Removal<'a> {
 }
 
 /// See the module docs.
-#[derive(Debug)]
 pub(super) struct Engine {
     sched: Scheduler,
     config: Arc<ServerConfig>,

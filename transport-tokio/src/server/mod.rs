@@ -298,7 +298,17 @@ impl Server {
                         source,
                     });
                 }
-                recovery = Some(storage.recovery());
+                let found = storage.recovery();
+                if found.created {
+                    log::info!("checkpoint {} created", path.display());
+                } else {
+                    log::info!(
+                        "checkpoint {}: {} records replayed",
+                        path.display(),
+                        found.records
+                    );
+                }
+                recovery = Some(found);
                 let tx = control_tx.clone();
                 let commit = GroupCommit::spawn(storage, move |flushed| {
                     let _ = tx.send(engine::Control::Durable(flushed));
@@ -337,13 +347,21 @@ fn listen(addr: SocketAddr) -> io::Result<StdTcpListener> {
 }
 
 /// A server whose address is bound and whose checkpoint is replayed, not yet accepting.
-#[derive(Debug)]
 pub struct BoundServer {
     listener: StdTcpListener,
     local_addr: SocketAddr,
     handle: ServerHandle,
     recovery: Option<Recovery>,
     engine: engine::Engine,
+}
+
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addr", &self.local_addr)
+            .field("recovery", &self.recovery)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BoundServer {
@@ -375,6 +393,9 @@ impl BoundServer {
     }
 
     /// [`run`](Self::run) on a task of its own.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn`).
     pub fn spawn(self) -> tokio::task::JoinHandle<Result<(), ServerError>> {
         tokio::spawn(self.run())
     }
