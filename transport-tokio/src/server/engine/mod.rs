@@ -25,18 +25,17 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use colony_core::proto::{
-    BatchBuf, ErrorCode, JobOutcome, JobStatus, LeaseGrant, Message, Retry, Welcome,
-    encode_frame_into,
+    BatchBuf, ErrorCode, JobOutcome, LeaseGrant, Message, Retry, Welcome, encode_frame_into,
 };
-use colony_core::sched::{
-    Action, CreateJobError, Created, JobDef, ProtocolError, Scheduler, TaskState,
-};
+use colony_core::sched::{Action, CreateJobError, Created, ProtocolError, Scheduler};
 use colony_core::{Attempt, Instant, JobId, LeaseId, Lsn, TaskId, WorkerId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::handle::{Command, JobInfo, ServerStatus, StopState};
+mod commands;
+
+use super::handle::{Command, StopState};
 use super::outbox::Outbox;
 use super::peer::{self, PeerCtx};
 use super::{Progress, ServerConfig, ServerError};
@@ -735,137 +734,6 @@ impl Engine {
                 conn.reader.abort();
             }
         }
-    }
-
-    /// Job statuses for a `Status` reply, within `max` bytes.
-    fn fill_status(&self, job: Option<JobId>, out: &mut BatchBuf, max: usize) {
-        let ids: Vec<JobId> = match job {
-            Some(job) => vec![job],
-            None => self.sched.job_ids().collect(),
-        };
-        for id in ids {
-            let (Some(p), Some(name)) = (self.sched.progress(id), self.sched.job_name(id)) else {
-                continue;
-            };
-            if out.encoded_len() + name.len() + 64 > max.saturating_sub(GRANT_OVERHEAD) {
-                break;
-            }
-            let _ = out.push(&JobStatus {
-                job: id,
-                name,
-                total: p.total,
-                done: p.done,
-                failed: p.failed,
-                running: p.running,
-                finished: p.finished,
-            });
-        }
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::CreateJob {
-                name,
-                kind,
-                inputs,
-                edges,
-                max_attempts,
-                reply,
-            } => {
-                let total = inputs.len();
-                let def = JobDef::new(&name, &kind, inputs)
-                    .edges(&edges)
-                    .max_attempts(max_attempts);
-                let result = self.sched.create_job(def);
-                match &result {
-                    Ok(created) => {
-                        log::info!(
-                            "{} {name:?}: {total} tasks of kind {kind:?}, {} edges, {} already settled",
-                            created.job,
-                            edges.len(),
-                            created.already_done
-                        );
-                        self.watch(created.job);
-                        if self.sched.progress(created.job).is_some_and(|p| p.finished) {
-                            self.broadcast_finished(created.job);
-                        }
-                    }
-                    Err(e) => log::warn!("job {name:?} refused: {e}"),
-                }
-                match result {
-                    // Answer once the job's header (and whatever else is logged) is durable,
-                    // so a crash right after `create_job` returns cannot lose the job.
-                    Ok(created) if self.log.is_some() && self.sched.has_log() => {
-                        self.creating.push(Creating {
-                            lsn: None,
-                            created,
-                            reply,
-                        });
-                    }
-                    result => {
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            Command::Progress { job, reply } => {
-                let _ = reply.send(self.watch(job));
-            }
-            Command::Outputs { job, reply } => {
-                let outputs = self.sched.progress(job).map(|p| {
-                    (0..p.total)
-                        .map(|t| {
-                            let task = TaskId(t);
-                            (self.sched.task_state(job, task) == Some(TaskState::Done))
-                                .then(|| self.sched.output(job, task).map(<[u8]>::to_vec))
-                                .flatten()
-                        })
-                        .collect()
-                });
-                let _ = reply.send(outputs);
-            }
-            Command::Failures { job, reply } => {
-                let failures = self.sched.progress(job).map(|p| {
-                    (0..p.total)
-                        .map(TaskId)
-                        .filter(|&t| self.sched.task_state(job, t) == Some(TaskState::Failed))
-                        .map(|t| (t, self.sched.error(job, t).unwrap_or_default().to_owned()))
-                        .collect()
-                });
-                let _ = reply.send(failures);
-            }
-            Command::Status { reply } => {
-                let jobs = self
-                    .sched
-                    .job_ids()
-                    .filter_map(|job| {
-                        Some(JobInfo {
-                            job,
-                            name: self.sched.job_name(job)?.to_owned(),
-                            progress: self.sched.progress(job)?,
-                        })
-                    })
-                    .collect();
-                let _ = reply.send(ServerStatus {
-                    jobs,
-                    workers: self.live_workers,
-                });
-            }
-            Command::Shutdown { reply } => self.shutdown_waiters.push(reply),
-        }
-    }
-
-    /// A receiver of `job`'s progress, creating its sender on first use.
-    fn watch(&mut self, job: JobId) -> Option<watch::Receiver<Progress>> {
-        let now = self.sched.progress(job)?;
-        let index = job.0 as usize;
-        if self.progress.len() <= index {
-            self.progress.resize_with(index + 1, || None);
-        }
-        let slot = self.progress.get_mut(index)?;
-        Some(
-            slot.get_or_insert_with(|| watch::channel(now).0)
-                .subscribe(),
-        )
     }
 
     // ---- the end ----
