@@ -617,6 +617,7 @@ async fn read_client<R: AsyncRead + Unpin>(
                 let query = Event::Query {
                     job,
                     outbox: Arc::clone(&outbox),
+                    max_frame: calls.max_frame,
                 };
                 if ctx.events.send(query).await.is_err() {
                     outbox.close(Some(&Message::ServerGoingAway));

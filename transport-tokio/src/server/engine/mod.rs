@@ -86,6 +86,7 @@ pub(super) enum Event {
     Query {
         job: Option<JobId>,
         outbox: Arc<Outbox>,
+        max_frame: u32,
     },
 }
 
@@ -578,9 +579,13 @@ impl Engine {
                     self.remove_worker(worker, Removal::Left);
                 }
             }
-            Event::Query { job, outbox } => {
+            Event::Query {
+                job,
+                outbox,
+                max_frame,
+            } => {
                 let mut statuses = BatchBuf::new();
-                self.fill_status(job, &mut statuses, self.config.max_frame as usize);
+                self.fill_status(job, &mut statuses, max_frame as usize);
                 if let Err(overflow) = outbox.push(&Message::Status(statuses.as_batch())) {
                     let detail =
                         format!("not reading: {} bytes waiting to be sent", overflow.backlog);
