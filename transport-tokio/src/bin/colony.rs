@@ -50,7 +50,7 @@ struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     chains: u32,
     /// Leases each worker holds beyond the task it runs.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(0..4096))]
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..4096))]
     prefetch: u32,
     /// After the summary, print the figures as one JSON line (the last line of output).
     #[arg(long)]
@@ -66,7 +66,7 @@ struct BenchWorkerArgs {
     #[arg(long, default_value = "bench-worker")]
     name: String,
     /// Leases held beyond the task running.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 256)]
     prefetch: u32,
 }
 
