@@ -142,12 +142,13 @@ fn main() -> ExitCode {
         g(t.cascaded)
     );
     println!(
-        "  workers     {} joined over {} connections; {} died, {} lost their link, {} hung, \
-         {} left for good, {} gave up on a silent server",
+        "  workers     {} joined over {} connections; {} died, {} lost their link, {} were \
+         left half-open, {} hung, {} left for good, {} gave up on a silent server",
         g(t.workers),
         g(t.connections),
         g(t.worker_kills),
         g(t.link_drops),
+        g(t.half_open),
         g(t.hangs),
         g(t.goodbyes),
         g(t.silent_closes)
@@ -186,7 +187,9 @@ fn main() -> ExitCode {
     );
     let simulated = t.sim_time_us as f64 / 1e6;
     println!(
-        "  time        {simulated:.1} s simulated in {:.2} s on {threads} threads ({:.0}x)",
+        "  time        {simulated:.1} s simulated (the longest run {:.1} s) in {:.2} s on {threads} \
+         threads ({:.0}x)",
+        t.longest_us as f64 / 1e6,
         wall.as_secs_f64(),
         simulated / wall.as_secs_f64().max(1e-9)
     );

@@ -7,10 +7,13 @@
 //! the log), kept minimal here.
 //!
 //! Faults, all drawn from the seed: workers that die and come back as new processes, links that
-//! drop, latency that varies and spikes (per-link order kept), workers that join late or leave
-//! for good, workers that hang with their socket open, tasks that fail (retryable, or for good on
-//! poisoned inputs), slow fsyncs, and server crashes that lose all memory and the un-synced tail
-//! of the log (or keep a torn or garbled part of it), followed by replay and resume.
+//! drop, links that go half-open (traffic vanishes, neither end is told: the server keeps a
+//! zombie connection), latency that varies and spikes (per-link order kept, segments split),
+//! workers that join late or leave for good, workers that hang with their socket open, a server
+//! process that stalls, tasks that fail (retryable; for good on poisoned inputs; or out of
+//! attempts in jobs that allow few), slow fsyncs, and server crashes that lose all memory and the
+//! un-synced tail of the log (or keep a torn or garbled part of it), followed by replay, repair
+//! and resume.
 //!
 //! Invariants, checked after every step (see [`World::check_step`] and `check.rs`): no task is
 //! lost (leases the scheduler counts are exactly the ones the glue sent and no one answered; every
@@ -20,6 +23,7 @@
 //! lease outlives its deadline on the server's clock; the job finishes within a time bound.
 //! A failure names its seed so it replays exactly.
 
+// The test and the example each use a part of this module.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -55,6 +59,9 @@ use worker::{Life, SimWorker, WorkerPlan};
 const LEASE_US: u64 = 400_000;
 /// The heartbeat interval the server asks workers for, in microseconds.
 const HEARTBEAT_US: u64 = 100_000;
+/// The server drops a connection silent for this long (as a transport does), in microseconds:
+/// longer than a lease, so silent workers' leases expire first, shorter than two.
+const IDLE_US: u64 = 700_000;
 /// The secret every simulated peer shares.
 const SECRET: &[u8] = b"simulated colony secret: 32 byte";
 /// Simulated time after which an unfinished run counts as stuck.
@@ -89,6 +96,9 @@ pub(crate) struct Options {
     /// Also compare the scheduler's own counters and task states with the durable log and the
     /// glue's lease table. Off, only the headline invariants judge (to prove that they bite).
     pub(crate) cross_checks: bool,
+    /// Drop connections silent for [`IDLE_US`], as a transport does. Off, a half-open
+    /// connection lives on at the server for ever.
+    pub(crate) idle_drop: bool,
 }
 
 impl Default for Options {
@@ -98,6 +108,7 @@ impl Default for Options {
             trace: false,
             tasks: (100, 300),
             cross_checks: true,
+            idle_drop: true,
         }
     }
 }
@@ -127,10 +138,12 @@ pub(crate) struct Stats {
     pub(crate) cascaded: u64,
     pub(crate) worker_kills: u64,
     pub(crate) link_drops: u64,
+    pub(crate) half_open: u64,
     pub(crate) hangs: u64,
     pub(crate) goodbyes: u64,
     pub(crate) slow_links: u64,
     pub(crate) silent_closes: u64,
+    pub(crate) idle_drops: u64,
     pub(crate) server_crashes: u64,
     pub(crate) tail_bytes_lost: u64,
     pub(crate) tail_bytes_kept: u64,
@@ -140,6 +153,8 @@ pub(crate) struct Stats {
     pub(crate) frames: u64,
     pub(crate) net_bytes: u64,
     pub(crate) sim_time_us: u64,
+    /// The longest run's simulated time (a maximum, not a sum).
+    pub(crate) longest_us: u64,
     pub(crate) steps: u64,
 }
 
@@ -172,10 +187,12 @@ impl Stats {
             cascaded,
             worker_kills,
             link_drops,
+            half_open,
             hangs,
             goodbyes,
             slow_links,
             silent_closes,
+            idle_drops,
             server_crashes,
             tail_bytes_lost,
             tail_bytes_kept,
@@ -187,6 +204,7 @@ impl Stats {
             sim_time_us,
             steps
         );
+        self.longest_us = self.longest_us.max(o.longest_us);
     }
 }
 
@@ -274,6 +292,7 @@ struct World {
     trace: bool,
     mode: Mode,
     cross_checks: bool,
+    idle_drop: bool,
     now: u64,
     step: u64,
     rng: Rng,
@@ -332,7 +351,7 @@ impl World {
         let mut points: Vec<u64> = (0..crashes).map(|_| rng.below(1001)).collect();
         points.sort_unstable();
         let plan = Plan {
-            fault_gap: (!rng.chance(100)).then(|| rng.range(20_000, 500_000)),
+            fault_gap: (!rng.chance(100)).then(|| rng.range(60_000, 600_000)),
             crash_points: points.into(),
             fail_per_mille: rng.range(0, 60),
             slow_per_mille: rng.range(0, 30),
@@ -354,6 +373,7 @@ impl World {
             trace: options.trace,
             mode: options.mode,
             cross_checks: options.cross_checks,
+            idle_drop: options.idle_drop,
             now: 0,
             step: 0,
             rng,
@@ -480,6 +500,7 @@ impl World {
             self.check_step()?;
             if self.all_finished() {
                 self.stats.sim_time_us = self.now;
+                self.stats.longest_us = self.now;
                 return self.final_checks();
             }
             let next = self.next_time()?;
@@ -549,7 +570,8 @@ impl World {
         let server_runs = self.stalled_until.is_none();
         if let Some(s) = self.server.as_ref().filter(|_| server_runs) {
             let deadline = s.sched.poll_at().map(Instant::as_micros);
-            for x in [s.fsync_at(), deadline, s.lease_deadline()]
+            let idle = s.idle_at().filter(|_| self.idle_drop);
+            for x in [s.fsync_at(), deadline, s.lease_deadline(), idle]
                 .into_iter()
                 .flatten()
             {
@@ -604,7 +626,7 @@ impl World {
         }
         let now = self.now;
         let spike = self.plan.spike_per_mille;
-        let Some(l) = self.links.get_mut(&link) else {
+        let Some(l) = self.links.get_mut(&link).filter(|l| !l.black_hole) else {
             return;
         };
         self.stats.net_bytes += bytes.len() as u64;
@@ -644,16 +666,18 @@ impl World {
         };
         self.links.insert(id, Link::new(i, latency));
         if let Some(s) = self.server.as_mut() {
-            s.accept(id);
+            s.accept(id, self.now);
         }
         self.stats.connections += 1;
         id
     }
 
     /// Cuts `link` at both ends at once: the server drops the connection, the worker notices
-    /// that its connection is gone.
+    /// that its connection is gone. On a half-open link the server is not told.
     fn cut_link(&mut self, link: u64) {
-        self.with_server(|w, s| w.server_close(s, link));
+        if !self.links.get(&link).is_some_and(|l| l.black_hole) {
+            self.with_server(|w, s| w.server_close(s, link));
+        }
         self.forget_link(link);
     }
 
@@ -689,15 +713,26 @@ impl World {
                 self.stats.worker_kills += 1;
                 self.event(format!("{name} dies; back in {} ms", down / 1000));
             }
-            30..60 => {
+            30..50 => {
                 if let Some(link) = self.workers[i].link {
                     self.cut_link(link);
                     self.stats.link_drops += 1;
                     self.event(format!("the link of {name} drops"));
                 }
             }
+            50..60 => {
+                if let Some(l) = self.workers[i].link.and_then(|id| self.links.get_mut(&id)) {
+                    l.black_hole = true;
+                    l.to_server.clear();
+                    l.to_worker.clear();
+                    self.stats.half_open += 1;
+                    self.event(format!(
+                        "the link of {name} goes half-open: traffic vanishes, nobody is told"
+                    ));
+                }
+            }
             60..80 => {
-                let until = self.now + self.rng.range(100_000, 2_000_000);
+                let until = self.now + self.rng.range(100_000, 1_200_000);
                 self.workers[i].life = Life::Hung(until);
                 self.stats.hangs += 1;
                 self.event(format!(

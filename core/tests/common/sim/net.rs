@@ -35,6 +35,11 @@ impl Pipe {
         }
     }
 
+    /// Loses everything in flight.
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+    }
+
     /// Whether nothing is in flight.
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
@@ -53,6 +58,8 @@ pub(crate) struct Link {
     /// The worker closed its end after its last bytes: the server sees the close once the
     /// pipe towards it is empty.
     pub(crate) worker_closed: bool,
+    /// Half-open: everything sent either way vanishes, and neither end is told.
+    pub(crate) black_hole: bool,
 }
 
 impl Link {
@@ -64,6 +71,7 @@ impl Link {
             to_worker: Pipe::default(),
             latency,
             worker_closed: false,
+            black_hole: false,
         }
     }
 }

@@ -19,7 +19,7 @@ use colony_core::sched::{Action, Answer, JobDef, SchedConfig, Scheduler, TaskSta
 use colony_core::{Attempt, Duration, JobId, LeaseId, Lsn, TaskId, WorkerId};
 
 use super::check::{Check, Oracle, bail};
-use super::{Dir, HEARTBEAT_US, LEASE_US, Mode, SECRET, World};
+use super::{Dir, HEARTBEAT_US, IDLE_US, LEASE_US, Mode, SECRET, World};
 
 /// A lease the glue sent and nobody answered yet.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +53,8 @@ pub(crate) struct Conn {
     granted_out: u64,
     /// When its last heartbeat was handled.
     last_heartbeat: u64,
+    /// When its last frame arrived (or it connected).
+    last_rx: u64,
     /// No live lease of it has a deadline before this (a lower bound).
     next_deadline: u64,
     live: BTreeMap<LeaseId, Live>,
@@ -71,6 +73,7 @@ impl Conn {
             credit_in: 0,
             granted_out: 0,
             last_heartbeat: 0,
+            last_rx: 0,
             next_deadline: u64::MAX,
             live: BTreeMap::new(),
             answered: BTreeMap::new(),
@@ -102,9 +105,16 @@ impl Server {
         }
     }
 
-    /// A connection arrives.
-    pub(crate) fn accept(&mut self, link: u64) {
-        self.conns.insert(link, Conn::new());
+    /// A connection arrives at `now`.
+    pub(crate) fn accept(&mut self, link: u64, now: u64) {
+        let mut conn = Conn::new();
+        conn.last_rx = now;
+        self.conns.insert(link, conn);
+    }
+
+    /// When the next connection turns idle, if idle connections are dropped.
+    pub(crate) fn idle_at(&self) -> Option<u64> {
+        self.conns.values().map(|c| c.last_rx + IDLE_US).min()
     }
 
     /// When the fsync in flight completes.
@@ -416,7 +426,7 @@ impl World {
                 }
                 if w.links
                     .get(&id)
-                    .is_some_and(|l| l.worker_closed && l.to_server.is_empty())
+                    .is_some_and(|l| l.worker_closed && l.to_server.is_empty() && !l.black_hole)
                 {
                     w.server_close(s, id);
                     w.forget_link(id);
@@ -442,6 +452,7 @@ impl World {
                 Err(e) => bail!("server: bad frame on link {link}: {e}"),
             };
             c.rx.drain(..len);
+            c.last_rx = self.now;
             let message = decode_message(&payload)
                 .map_err(|e| format!("server: undecodable frame on link {link}: {e}"))?;
             self.server_message(s, link, &message)?;
@@ -588,15 +599,46 @@ impl World {
 
     // ---- time and actions ----
 
-    /// The server's turn: expire leases, hand out work, send actions, write the log.
+    /// The server's turn: drop idle connections, expire leases, hand out work, send actions,
+    /// write the log.
     pub(super) fn server_phase(&mut self) -> Check {
-        self.with_server(|w, s| {
-            s.sched.poll(w.instant());
-            w.scan_leases(s)?;
-            w.drain_actions(s)?;
-            w.pump_log(s)
-        })
-        .unwrap_or(Ok(()))
+        let idle = self
+            .with_server(|w, s| {
+                let idle = w.drop_idle(s);
+                s.sched.poll(w.instant());
+                w.scan_leases(s)?;
+                w.drain_actions(s)?;
+                w.pump_log(s)?;
+                Ok::<_, String>(idle)
+            })
+            .unwrap_or(Ok(Vec::new()))?;
+        for link in idle {
+            // The worker learns of the close (unless the link is half-open: it finds out itself).
+            if self.links.get(&link).is_some_and(|l| !l.black_hole) {
+                self.forget_link(link);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops connections silent for too long, as a transport does; returns their links.
+    fn drop_idle(&mut self, s: &mut Server) -> Vec<u64> {
+        if !self.idle_drop {
+            return Vec::new();
+        }
+        let now = self.now;
+        let idle: Vec<u64> = s
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_rx + IDLE_US <= now)
+            .map(|(l, _)| *l)
+            .collect();
+        for &link in &idle {
+            self.server_close(s, link);
+            self.stats.idle_drops += 1;
+            trace!(self, "server drops link {link}: silent for too long");
+        }
+        idle
     }
 
     /// Finds leases that ended without an answer (expired), and checks every deadline.
