@@ -422,7 +422,9 @@ impl<H: Handler> Driver<'_, H> {
                 source @ (HandshakeError::Auth(_) | HandshakeError::VersionMismatch { .. }),
             )) => End::Fatal(WorkerError::Handshake { addr, source }),
             CloseReason::ServerError(
-                code @ (ErrorCode::AuthFailed | ErrorCode::VersionMismatch),
+                code @ (ErrorCode::AuthFailed
+                | ErrorCode::VersionMismatch
+                | ErrorCode::FingerprintMismatch),
             ) => {
                 let detail = self
                     .server_error

@@ -599,6 +599,25 @@ impl Engine {
     }
 
     fn on_joined(&mut self, joined: Joined) {
+        // A worker built from other items or code than a running job's is refused before it
+        // touches the scheduler: it would otherwise idle for ever, waiting for tasks it never gets.
+        if let Err(conflict) = self
+            .sched
+            .check_kinds(joined.kinds.iter().map(String::as_str))
+        {
+            log::warn!(
+                "worker {:?} at {} refused: {conflict}",
+                joined.name,
+                joined.peer
+            );
+            let detail = conflict.to_string();
+            joined.outbox.close(Some(&Message::Error {
+                code: ErrorCode::FingerprintMismatch,
+                detail: &detail,
+            }));
+            self.writers.push(joined.writer);
+            return;
+        }
         let worker = self
             .sched
             .worker_joined(joined.kinds.iter().map(String::as_str));
