@@ -27,13 +27,23 @@ fn collatz_steps(mut n: u64) -> u32 {
 fn main() -> Result<(), LoopError> {
     init_logging();
     let mut args = std::env::args().skip(1);
-    let items: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let items: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let started = Instant::now();
 
     // Items are chunks of 1,000 numbers, so each item is a few hundred microseconds of work.
-    let chunks: Vec<(u64, u64)> = (1..=items).step_by(1_000).map(|s| (s, (s + 999).min(items))).collect();
-    let addr = if is_spawned_copy() { None } else { Some("127.0.0.1:0") };
+    let chunks: Vec<(u64, u64)> = (1..=items)
+        .step_by(1_000)
+        .map(|s| (s, (s + 999).min(items)))
+        .collect();
+    let addr = if is_spawned_copy() {
+        None
+    } else {
+        Some("127.0.0.1:0")
+    };
     let mut job = Loop::new("quickstart-collatz", chunks).slots(1);
     if let Some(addr) = addr {
         job = job.addr(addr);
@@ -46,7 +56,10 @@ fn main() -> Result<(), LoopError> {
     }
     for item in running.iter() {
         let (lo, hi) = *item;
-        let best = (lo..=hi).map(|n| (collatz_steps(n), n)).max().unwrap_or((0, lo));
+        let best = (lo..=hi)
+            .map(|n| (collatz_steps(n), n))
+            .max()
+            .unwrap_or((0, lo));
         item.produce(&best)?;
     }
     let report = running.finish::<(u32, u64)>()?;
@@ -55,7 +68,11 @@ fn main() -> Result<(), LoopError> {
     }
     let elapsed = started.elapsed();
     match report.role {
-        Role::Working => println!("worker {}: ran {} items", std::process::id(), report.ran_here),
+        Role::Working => println!(
+            "worker {}: ran {} items",
+            std::process::id(),
+            report.ran_here
+        ),
         Role::Serving | Role::Serial => {
             let product = report.product.unwrap_or_default();
             let best = product.iter().flatten().max().copied().unwrap_or_default();

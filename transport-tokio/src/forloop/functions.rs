@@ -63,7 +63,9 @@ impl Functions {
     pub fn call_raw(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
         match self.by_name.get(name) {
             Some(f) => f(args),
-            None => Err(format!("no function named {name:?} is registered on the serving process")),
+            None => Err(format!(
+                "no function named {name:?} is registered on the serving process"
+            )),
         }
     }
 }
@@ -77,10 +79,20 @@ mod tests {
         let fns = Functions::new()
             .register("add", |(a, b): (u32, u32)| Ok::<_, String>(a + b))
             .register("fail", |_: ()| Err::<u32, _>("nope"));
-        let out = fns.call_raw("add", &postcard::to_allocvec(&(2u32, 3u32)).unwrap()).unwrap();
+        let out = fns
+            .call_raw("add", &postcard::to_allocvec(&(2u32, 3u32)).unwrap())
+            .unwrap();
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 5);
         assert_eq!(fns.call_raw("fail", &[]).unwrap_err(), "nope");
-        assert!(fns.call_raw("missing", &[]).unwrap_err().contains("\"missing\""));
-        assert!(fns.call_raw("add", &[1]).unwrap_err().contains("do not decode"));
+        assert!(
+            fns.call_raw("missing", &[])
+                .unwrap_err()
+                .contains("\"missing\"")
+        );
+        assert!(
+            fns.call_raw("add", &[1])
+                .unwrap_err()
+                .contains("do not decode")
+        );
     }
 }

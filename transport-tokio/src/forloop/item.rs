@@ -31,7 +31,9 @@ pub(crate) fn encode_output<O: Serialize>(output: &O) -> Result<Vec<u8>, postcar
 }
 
 /// Decodes a stored output: `Ok(None)` for an item that produced nothing.
-pub(crate) fn decode_output<O: DeserializeOwned>(bytes: &[u8]) -> Result<Option<O>, postcard::Error> {
+pub(crate) fn decode_output<O: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<Option<O>, postcard::Error> {
     match bytes.split_first() {
         None => Ok(None),
         Some((1, rest)) => postcard::from_bytes(rest).map(Some),
@@ -56,8 +58,21 @@ pub struct Item<'a, T> {
 }
 
 impl<'a, T> Item<'a, T> {
-    pub(crate) fn new(index: usize, attempt: u16, value: &'a T, ticket: u64, settle: &'a dyn Settle) -> Self {
-        Item { index, attempt, value, ticket, settle, state: RefCell::new(None) }
+    pub(crate) fn new(
+        index: usize,
+        attempt: u16,
+        value: &'a T,
+        ticket: u64,
+        settle: &'a dyn Settle,
+    ) -> Self {
+        Item {
+            index,
+            attempt,
+            value,
+            ticket,
+            settle,
+            state: RefCell::new(None),
+        }
     }
 
     /// The item's position in the loop's item list.
@@ -98,12 +113,19 @@ impl<'a, T> Item<'a, T> {
     /// # Errors
     /// [`LoopError::Execute`] with the function's error text, or if no such function exists, or
     /// if the arguments or result do not encode.
-    pub fn execute<A: Serialize, R: DeserializeOwned>(&self, name: &str, args: &A) -> Result<R, LoopError> {
+    pub fn execute<A: Serialize, R: DeserializeOwned>(
+        &self,
+        name: &str,
+        args: &A,
+    ) -> Result<R, LoopError> {
         let args = postcard::to_allocvec(args).map_err(|e| LoopError::Encode(e.to_string()))?;
-        let result = self.settle.execute(name, &args).map_err(|message| LoopError::Execute {
-            name: name.to_string(),
-            message,
-        })?;
+        let result = self
+            .settle
+            .execute(name, &args)
+            .map_err(|message| LoopError::Execute {
+                name: name.to_string(),
+                message,
+            })?;
         postcard::from_bytes(&result).map_err(|e| LoopError::Execute {
             name: name.to_string(),
             message: format!("result does not decode as the expected type: {e}"),
@@ -120,7 +142,10 @@ impl<T> Deref for Item<'_, T> {
 
 impl<T: fmt::Debug> fmt::Debug for Item<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Item").field("index", &self.index).field("value", self.value).finish()
+        f.debug_struct("Item")
+            .field("index", &self.index)
+            .field("value", self.value)
+            .finish()
     }
 }
 
@@ -129,7 +154,10 @@ impl<T> Drop for Item<'_, T> {
         let outcome = if std::thread::panicking() {
             Outcome::Failed("the loop body panicked".to_string())
         } else {
-            self.state.borrow_mut().take().unwrap_or(Outcome::Done(Vec::new()))
+            self.state
+                .borrow_mut()
+                .take()
+                .unwrap_or(Outcome::Done(Vec::new()))
         };
         self.settle.settle(self.ticket, outcome);
     }

@@ -43,9 +43,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use colony_core::TaskId;
 use colony_core::proto::Edge;
 use colony_core::sched::{CreateJobError, Inputs};
-use colony_core::TaskId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -100,13 +100,18 @@ pub enum LoopError {
     /// A bad option.
     #[error("{0}")]
     Config(String),
+    /// Items failed for good (index, last error).
+    #[error("{} items failed; the first, item {}: {}", .0.len(), .0.first().map_or(0, |f| f.0), .0.first().map_or("", |f| f.1.as_str()))]
+    Failed(Vec<(usize, String)>),
 }
 
 impl From<CreateJobError> for LoopError {
     fn from(e: CreateJobError) -> Self {
         match e {
             CreateJobError::Mismatch(_) => LoopError::Mismatch(e.to_string()),
-            CreateJobError::Dag(_) | CreateJobError::EdgesOnOpenJob => LoopError::Dependencies(e.to_string()),
+            CreateJobError::Dag(_) | CreateJobError::EdgesOnOpenJob => {
+                LoopError::Dependencies(e.to_string())
+            }
             other => LoopError::Config(other.to_string()),
         }
     }
@@ -243,10 +248,16 @@ where
                     "dependency ({a}, {b}) names an item beyond the {n} items"
                 )));
             }
-            edges.push(Edge { before: TaskId(a as u32), after: TaskId(b as u32) });
+            edges.push(Edge {
+                before: TaskId(a as u32),
+                after: TaskId(b as u32),
+            });
         }
         if u32::try_from(n).is_err() {
-            return Err(LoopError::Config(format!("{n} items: at most {} fit in one loop", u32::MAX)));
+            return Err(LoopError::Config(format!(
+                "{n} items: at most {} fit in one loop",
+                u32::MAX
+            )));
         }
         Ok((inputs, edges))
     }
@@ -277,7 +288,13 @@ where
         let source: Box<dyn Source> = if self.serial {
             Box::new(serial::SerialSource::open(&self, &kind, inputs, &edges)?)
         } else {
-            Box::new(net::NetSource::start(&self, &kind, inputs, edges, net::Body::Iterate)?)
+            Box::new(net::NetSource::start(
+                &self,
+                &kind,
+                inputs,
+                edges,
+                net::Body::Iterate,
+            )?)
         };
         Ok(Running::new(Arc::new(self.items), source))
     }
@@ -311,14 +328,18 @@ where
             let (items, ran) = (items.clone(), ran.clone());
             Arc::new(move |index: usize, attempt: u16, settle: &dyn Settle| {
                 let Some(value) = items.get(index) else {
-                    settle.settle(0, Outcome::Failed(format!("item {index} is beyond this process's items")));
+                    settle.settle(
+                        0,
+                        Outcome::Failed(format!("item {index} is beyond this process's items")),
+                    );
                     return;
                 };
                 ran.fetch_add(1, Ordering::Relaxed);
                 run_body(&body, &Item::new(index, attempt, value, 0, settle));
             })
         };
-        let source = net::NetSource::start(&config, &kind, inputs, edges, net::Body::Direct(direct))?;
+        let source =
+            net::NetSource::start(&config, &kind, inputs, edges, net::Body::Direct(direct))?;
         let running = Running::new(items, Box::new(source));
         running.ran_here.set(0);
         let mut report = running.finish()?;
@@ -327,8 +348,45 @@ where
     }
 }
 
+/// Maps `f` over `items` across every process of the loop named `name` (with the default
+/// settings; use [`Loop`] for more), and returns the outputs in input order on the serving
+/// process, `None` on the others.
+///
+/// # Errors
+/// As [`Loop::run`], and [`LoopError::Failed`] naming the items that failed for good.
+pub fn map<T, O, F>(
+    name: &str,
+    items: impl IntoIterator<Item = T>,
+    f: F,
+) -> Result<Option<Vec<O>>, LoopError>
+where
+    T: Serialize + Send + Sync + 'static,
+    O: Serialize + DeserializeOwned,
+    F: Fn(&T) -> O + Send + Sync + 'static,
+{
+    let report = Loop::new(name, items).run(move |item| Ok(f(item.value())))?;
+    if !report.failures.is_empty() {
+        return Err(LoopError::Failed(report.failures));
+    }
+    let Some(product) = report.product else {
+        return Ok(None);
+    };
+    let total = product.len();
+    let outputs: Vec<O> = product.into_iter().flatten().collect();
+    if outputs.len() != total {
+        return Err(LoopError::Failed(vec![(
+            total,
+            "an item has no output".into(),
+        )]));
+    }
+    Ok(Some(outputs))
+}
+
 /// Runs the loop body on one item and records its result in the item.
-fn run_body<T, O: Serialize>(body: &impl Fn(&Item<'_, T>) -> Result<O, LoopError>, item: &Item<'_, T>) {
+fn run_body<T, O: Serialize>(
+    body: &impl Fn(&Item<'_, T>) -> Result<O, LoopError>,
+    item: &Item<'_, T>,
+) {
     match body(item) {
         Ok(out) => {
             if let Err(e) = item.produce(&out) {
@@ -374,7 +432,10 @@ pub struct Running<T> {
 
 impl<T> fmt::Debug for Running<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Running").field("role", &self.source.role()).field("ran_here", &self.ran_here.get()).finish()
+        f.debug_struct("Running")
+            .field("role", &self.source.role())
+            .field("ran_here", &self.ran_here.get())
+            .finish()
     }
 }
 
@@ -402,7 +463,12 @@ impl<T> Running<T> {
 
     /// The items handed to this process, one at a time, until the job is finished.
     pub fn iter(&mut self) -> Items<'_, T> {
-        Items { items: &self.items, source: &*self.source, error: &self.error, ran_here: &self.ran_here }
+        Items {
+            items: &self.items,
+            source: &*self.source,
+            error: &self.error,
+            ran_here: &self.ran_here,
+        }
     }
 
     /// Ends the loop in this process: on the serving process (and in serial mode) the report
@@ -423,7 +489,9 @@ impl<T> Running<T> {
                 outputs
                     .iter()
                     .map(|o| match o {
-                        Some(bytes) => decode_output(bytes).map_err(|e| LoopError::Encode(e.to_string())),
+                        Some(bytes) => {
+                            decode_output(bytes).map_err(|e| LoopError::Encode(e.to_string()))
+                        }
                         None => Ok(None),
                     })
                     .collect::<Result<Vec<Option<O>>, _>>()?,
@@ -460,8 +528,10 @@ impl<'a, T> Iterator for Items<'a, T> {
         match self.source.next() {
             Ok(Some((ticket, index, attempt))) => {
                 let Some(value) = self.items.get(index) else {
-                    *self.error.borrow_mut() =
-                        Some(LoopError::Mismatch(format!("the server handed out item {index}, beyond this process's {} items", self.items.len())));
+                    *self.error.borrow_mut() = Some(LoopError::Mismatch(format!(
+                        "the server handed out item {index}, beyond this process's {} items",
+                        self.items.len()
+                    )));
                     return None;
                 };
                 self.ran_here.set(self.ran_here.get() + 1);

@@ -76,7 +76,10 @@ pub(super) type DirectBody = Arc<dyn Fn(usize, u16, &dyn Settle) + Send + Sync>;
 /// The loop's shared secret: a given secret file, else `COLONY_SECRET` (hex) when set; else, for
 /// a loopback address, a per-user token file created on first use in an owner-only folder,
 /// which every process of this user on this machine reads.
-pub(super) fn resolve_secret(addr: SocketAddr, file: Option<&PathBuf>) -> Result<Secret, LoopError> {
+pub(super) fn resolve_secret(
+    addr: SocketAddr,
+    file: Option<&PathBuf>,
+) -> Result<Secret, LoopError> {
     let config = |e: crate::secret::SecretError| LoopError::Config(e.to_string());
     if let Some(path) = file {
         return Secret::from_file(path).map_err(config);
@@ -92,7 +95,10 @@ pub(super) fn resolve_secret(addr: SocketAddr, file: Option<&PathBuf>) -> Result
     }
     let dir = std::env::temp_dir().join(format!("colony-{}", current_uid()));
     create_private_dir(&dir).map_err(|e| {
-        LoopError::Config(format!("cannot create the secret folder {}: {e}", dir.display()))
+        LoopError::Config(format!(
+            "cannot create the secret folder {}: {e}",
+            dir.display()
+        ))
     })?;
     // One secret for all of this user's loopback loops: the port may be chosen by the kernel
     // (port 0), and only this user can read the folder anyway.
@@ -112,8 +118,13 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let meta = std::fs::symlink_metadata(dir)?;
-            if !meta.is_dir() || meta.uid() != current_uid() || meta.permissions().mode() & 0o077 != 0 {
-                return Err(std::io::Error::other("it exists but is not a private folder of this user"));
+            if !meta.is_dir()
+                || meta.uid() != current_uid()
+                || meta.permissions().mode() & 0o077 != 0
+            {
+                return Err(std::io::Error::other(
+                    "it exists but is not a private folder of this user",
+                ));
             }
             Ok(())
         }
@@ -137,7 +148,11 @@ fn handle_error(e: HandleError) -> LoopError {
 
 fn worker_error(e: WorkerError) -> LoopError {
     match e {
-        WorkerError::Rejected { code: ErrorCode::FingerprintMismatch, detail, .. } => LoopError::Mismatch(detail),
+        WorkerError::Rejected {
+            code: ErrorCode::FingerprintMismatch,
+            detail,
+            ..
+        } => LoopError::Mismatch(detail),
         other => LoopError::Network(other.to_string()),
     }
 }
@@ -159,10 +174,12 @@ impl NetSource {
             .build()
             .map_err(|e| LoopError::Config(format!("cannot start the runtime: {e}")))?;
 
-        let mut server_config = ServerConfig::new(secret.clone()).listen(addr).call_handler({
-            let functions = config.functions.clone();
-            Arc::new(move |name: &str, args: &[u8]| functions.call_raw(name, args))
-        });
+        let mut server_config = ServerConfig::new(secret.clone())
+            .listen(addr)
+            .call_handler({
+                let functions = config.functions.clone();
+                Arc::new(move |name: &str, args: &[u8]| functions.call_raw(name, args))
+            });
         if let Some(path) = &config.checkpoint {
             server_config = server_config.checkpoint(path.clone());
         }
@@ -188,18 +205,28 @@ impl NetSource {
                         config.max_attempts,
                     ))
                     .map_err(handle_error)?;
-                let serving = Serving { handle, job: created.job, resumed: created.already_done as usize };
+                let serving = Serving {
+                    handle,
+                    job: created.job,
+                    resumed: created.already_done as usize,
+                };
                 (Role::Serving, Some(serving), local.to_string())
             }
             Err(e) if e.is_addr_in_use() => (Role::Working, None, addr.to_string()),
-            Err(e) => return Err(LoopError::Checkpoint {
-                path: config.checkpoint.clone().unwrap_or_default(),
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                return Err(LoopError::Checkpoint {
+                    path: config.checkpoint.clone().unwrap_or_default(),
+                    message: e.to_string(),
+                });
+            }
         };
 
         let caller = match role {
-            Role::Working => Some(Arc::new(Caller::new(runtime.handle().clone(), addr, secret.clone()))),
+            Role::Working => Some(Arc::new(Caller::new(
+                runtime.handle().clone(),
+                addr,
+                secret.clone(),
+            ))),
             _ => None,
         };
         let execute: Execute = match &caller {
@@ -217,7 +244,11 @@ impl NetSource {
             Body::Iterate => 1,
             Body::Direct(_) => config.slots as u32,
         };
-        let handler = LoopHandler { body, tx: tx.clone(), execute: execute.clone() };
+        let handler = LoopHandler {
+            body,
+            tx: tx.clone(),
+            execute: execute.clone(),
+        };
         let worker_config = WorkerConfig::new(worker_addr, secret.clone())
             .with_kinds([kind.to_string()])
             .with_slots(slots)
@@ -235,7 +266,11 @@ impl NetSource {
         if let Some(s) = &serving
             && s.resumed > 0
         {
-            log::info!("resumed {} from its checkpoint: {} items already done", config.name, s.resumed);
+            log::info!(
+                "resumed {} from its checkpoint: {} items already done",
+                config.name,
+                s.resumed
+            );
         }
         Ok(NetSource {
             role,
@@ -271,9 +306,15 @@ fn poisoned() -> LoopError {
     LoopError::Network("a loop thread panicked while holding a lock".into())
 }
 
-fn spawn_progress(runtime: &Runtime, handle: ServerHandle, job: JobId) -> tokio::task::JoinHandle<()> {
+fn spawn_progress(
+    runtime: &Runtime,
+    handle: ServerHandle,
+    job: JobId,
+) -> tokio::task::JoinHandle<()> {
     runtime.spawn(async move {
-        let Ok(mut rx) = handle.progress(job).await else { return };
+        let Ok(mut rx) = handle.progress(job).await else {
+            return;
+        };
         let mut bar = ProgressBar::new(rx.borrow().total);
         loop {
             let p = *rx.borrow_and_update();
@@ -304,13 +345,24 @@ impl Handler for LoopHandler {
         let (index, attempt) = (ctx.task().index(), ctx.attempt().0);
         let outcome = match &self.body {
             Body::Direct(body) => {
-                let local = LocalSettle { outcome: Mutex::new(None), execute: self.execute.clone() };
+                let local = LocalSettle {
+                    outcome: Mutex::new(None),
+                    execute: self.execute.clone(),
+                };
                 body(index, attempt, &local);
                 local.take()
             }
             Body::Iterate => {
                 let (reply, outcome) = sync_channel(1);
-                if self.tx.send(Msg::Item(Leased { index, attempt, reply })).is_err() {
+                if self
+                    .tx
+                    .send(Msg::Item(Leased {
+                        index,
+                        attempt,
+                        reply,
+                    }))
+                    .is_err()
+                {
                     return Err(TaskError::retryable("the loop in this process stopped"));
                 }
                 outcome.recv().ok()
@@ -319,7 +371,9 @@ impl Handler for LoopHandler {
         match outcome {
             Some(Outcome::Done(bytes)) => Ok(bytes),
             Some(Outcome::Failed(error)) => Err(TaskError::retryable(error)),
-            None => Err(TaskError::retryable("the loop in this process stopped before the item ended")),
+            None => Err(TaskError::retryable(
+                "the loop in this process stopped before the item ended",
+            )),
         }
     }
 }
@@ -370,7 +424,10 @@ impl Source for NetSource {
         match msg {
             Ok(Msg::Item(leased)) => {
                 let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-                self.replies.lock().map_err(|_| poisoned())?.insert(ticket, leased.reply);
+                self.replies
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .insert(ticket, leased.reply);
                 Ok(Some((ticket, leased.index, leased.attempt)))
             }
             Ok(Msg::End(result)) => {
@@ -386,7 +443,12 @@ impl Source for NetSource {
         let this = *self;
         this.wait_end()?;
         let Some(serving) = &this.serving else {
-            return Ok(Finished { outputs: None, failures: Vec::new(), done: 0, resumed: 0 });
+            return Ok(Finished {
+                outputs: None,
+                failures: Vec::new(),
+                done: 0,
+                resumed: 0,
+            });
         };
         let (handle, job) = (&serving.handle, serving.job);
         let result = this.runtime.block_on(async {

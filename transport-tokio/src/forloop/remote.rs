@@ -24,17 +24,29 @@ pub(super) struct Caller {
 
 impl Caller {
     pub(super) fn new(runtime: Handle, addr: SocketAddr, secret: Secret) -> Self {
-        Caller { runtime, addr, secret, conn: Mutex::new(None), next_call: Mutex::new(0) }
+        Caller {
+            runtime,
+            addr,
+            secret,
+            conn: Mutex::new(None),
+            next_call: Mutex::new(0),
+        }
     }
 
     /// Runs `name(args)` on the serving process; blocks this (non-runtime) thread meanwhile.
     pub(super) fn call(&self, name: &str, args: &[u8]) -> Result<Vec<u8>, String> {
         let call = {
-            let mut n = self.next_call.lock().map_err(|_| "call state poisoned".to_string())?;
+            let mut n = self
+                .next_call
+                .lock()
+                .map_err(|_| "call state poisoned".to_string())?;
             *n = n.wrapping_add(1);
             *n
         };
-        let mut slot = self.conn.lock().map_err(|_| "call connection poisoned".to_string())?;
+        let mut slot = self
+            .conn
+            .lock()
+            .map_err(|_| "call connection poisoned".to_string())?;
         let mut last_error = String::new();
         for _ in 0..2 {
             if slot.is_none() {
@@ -56,13 +68,20 @@ impl Caller {
                 }
             }
         }
-        Err(format!("cannot reach the serving process at {}: {last_error}", self.addr))
+        Err(format!(
+            "cannot reach the serving process at {}: {last_error}",
+            self.addr
+        ))
     }
 
     async fn connect(&self) -> Result<FramedConn<TcpStream>, String> {
-        let stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let role = Role::Client(ClientInfo { name: "for-loop execute" });
+        let role = Role::Client(ClientInfo {
+            name: "for-loop execute",
+        });
         let (conn, _welcome) = connect_and_handshake(stream, &self.secret, role, DEFAULT_MAX_FRAME)
             .await
             .map_err(|e| e.to_string())?;
@@ -78,11 +97,15 @@ async fn exchange(
     name: &str,
     args: &[u8],
 ) -> Result<Result<Vec<u8>, String>, String> {
-    conn.send(&Message::Call { call, name, args }).await.map_err(|e| e.to_string())?;
+    conn.send(&Message::Call { call, name, args })
+        .await
+        .map_err(|e| e.to_string())?;
     loop {
         match conn.read_message().await.map_err(|e| e.to_string())? {
             Message::CallReturn { call: c, result } if c == call => return Ok(Ok(result.to_vec())),
-            Message::CallError { call: c, error } if c == call => return Ok(Err(error.to_string())),
+            Message::CallError { call: c, error } if c == call => {
+                return Ok(Err(error.to_string()));
+            }
             Message::Heartbeat | Message::CallReturn { .. } | Message::CallError { .. } => {}
             Message::Error { code, detail } => return Err(format!("refused ({code:?}): {detail}")),
             Message::ServerGoingAway => return Err("the server is going away".into()),

@@ -35,7 +35,12 @@ pub(super) struct SerialSource {
 }
 
 impl SerialSource {
-    pub(super) fn open<T>(config: &Loop<T>, kind: &str, inputs: Inputs, edges: &[Edge]) -> Result<Self, LoopError> {
+    pub(super) fn open<T>(
+        config: &Loop<T>,
+        kind: &str,
+        inputs: Inputs,
+        edges: &[Edge],
+    ) -> Result<Self, LoopError> {
         let mut sched = Scheduler::new(SchedConfig::default());
         let storage: Option<BoxedStorage> = match &config.checkpoint {
             Some(path) => {
@@ -45,9 +50,15 @@ impl SerialSource {
                         replay_error = sched.replay(&record).err();
                     }
                 })
-                .map_err(|e| LoopError::Checkpoint { path: path.clone(), message: e.to_string() })?;
+                .map_err(|e| LoopError::Checkpoint {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 if let Some(e) = replay_error {
-                    return Err(LoopError::Checkpoint { path: path.clone(), message: e.to_string() });
+                    return Err(LoopError::Checkpoint {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    });
                 }
                 Some(Box::new(storage))
             }
@@ -55,11 +66,19 @@ impl SerialSource {
         };
         sched.replay_done();
         let created = sched.create_job(
-            JobDef::new(&config.name, kind, inputs).edges(edges).max_attempts(config.max_attempts),
+            JobDef::new(&config.name, kind, inputs)
+                .edges(edges)
+                .max_attempts(config.max_attempts),
         )?;
         let worker = sched.worker_joined([kind]);
-        let mut state =
-            State { sched, storage, worker, job: created.job, log: Vec::new(), epoch: StdInstant::now() };
+        let mut state = State {
+            sched,
+            storage,
+            worker,
+            job: created.job,
+            log: Vec::new(),
+            epoch: StdInstant::now(),
+        };
         state.flush()?;
         Ok(SerialSource {
             state: RefCell::new(state),
@@ -78,12 +97,17 @@ impl State {
     /// Writes and syncs every logged record, then tells the scheduler they are durable.
     fn flush(&mut self) -> Result<(), LoopError> {
         self.log.clear();
-        let Some(lsn) = self.sched.take_log(&mut self.log) else { return Ok(()) };
+        let Some(lsn) = self.sched.take_log(&mut self.log) else {
+            return Ok(());
+        };
         if let Some(storage) = &mut self.storage {
             storage
                 .append(&self.log)
                 .and_then(|()| storage.sync())
-                .map_err(|e| LoopError::Checkpoint { path: "(serial)".into(), message: e.to_string() })?;
+                .map_err(|e| LoopError::Checkpoint {
+                    path: "(serial)".into(),
+                    message: e.to_string(),
+                })?;
         }
         self.sched.durable(lsn);
         Ok(())
@@ -96,7 +120,10 @@ impl Settle for SerialSource {
         let (worker, lease) = (state.worker, LeaseId(ticket));
         let answered = match &outcome {
             Outcome::Done(bytes) => state.sched.complete(worker, lease, bytes).map(drop),
-            Outcome::Failed(error) => state.sched.fail(worker, lease, Retry::Retryable, error).map(drop),
+            Outcome::Failed(error) => state
+                .sched
+                .fail(worker, lease, Retry::Retryable, error)
+                .map(drop),
         };
         if let Err(e) = answered {
             *self.error.borrow_mut() = Some(LoopError::Config(format!("internal: {e}")));
@@ -119,14 +146,23 @@ impl Source for SerialSource {
         let mut state = self.state.borrow_mut();
         let worker = state.worker;
         if state.sched.credit_of(worker) == 0 && state.sched.held_by(worker) == 0 {
-            state.sched.credit(worker, 1).map_err(|e| LoopError::Config(format!("internal: {e}")))?;
+            state
+                .sched
+                .credit(worker, 1)
+                .map_err(|e| LoopError::Config(format!("internal: {e}")))?;
         }
         loop {
             let now = state.now();
             state.sched.poll(now);
             let mut grant = None;
             while let Some(action) = state.sched.pop_action() {
-                if let Action::Grant { lease, task, attempt, .. } = action {
+                if let Action::Grant {
+                    lease,
+                    task,
+                    attempt,
+                    ..
+                } = action
+                {
                     grant = Some((lease.0, task.index(), attempt.0));
                 }
             }
@@ -149,9 +185,19 @@ impl Source for SerialSource {
             .map(|t| state.sched.output(job, TaskId(t)).map(<[u8]>::to_vec))
             .collect();
         let failures = (0..progress.total)
-            .filter_map(|t| state.sched.error(job, TaskId(t)).map(|e| (t as usize, e.to_string())))
+            .filter_map(|t| {
+                state
+                    .sched
+                    .error(job, TaskId(t))
+                    .map(|e| (t as usize, e.to_string()))
+            })
             .collect();
-        Ok(Finished { outputs: Some(outputs), failures, done: progress.done as usize, resumed: self.resumed })
+        Ok(Finished {
+            outputs: Some(outputs),
+            failures,
+            done: progress.done as usize,
+            resumed: self.resumed,
+        })
     }
 
     fn role(&self) -> Role {

@@ -8,6 +8,7 @@
 //! is never lost: the flag is checked with interrupts masked, and `WFI` still wakes on an
 //! interrupt that is pending while they are masked.
 
+use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +16,13 @@ use embassy_executor::{Spawner, raw};
 
 static WOKEN: AtomicBool = AtomicBool::new(true);
 static STARTED: AtomicBool = AtomicBool::new(false);
+static EXECUTOR: Slot = Slot(UnsafeCell::new(MaybeUninit::uninit()));
+
+/// Where the executor lives.
+struct Slot(UnsafeCell<MaybeUninit<raw::Executor>>);
+
+// SAFETY: written once, by the single caller `STARTED` lets through, then only read.
+unsafe impl Sync for Slot {}
 
 #[unsafe(export_name = "__pender")]
 fn pender(_context: *mut ()) {
@@ -26,7 +34,6 @@ fn pender(_context: *mut ()) {
 /// # Panics
 /// If called twice.
 pub fn run(init: impl FnOnce(Spawner)) -> ! {
-    static mut EXECUTOR: MaybeUninit<raw::Executor> = MaybeUninit::uninit();
     let first = critical_section::with(|_| {
         let first = !STARTED.load(Ordering::Relaxed);
         STARTED.store(true, Ordering::Relaxed);
@@ -36,7 +43,7 @@ pub fn run(init: impl FnOnce(Spawner)) -> ! {
     // SAFETY: the guard above lets exactly one caller reach this point, and this function never
     // returns, so the executor is written once and borrowed for the rest of the program.
     let executor: &'static raw::Executor =
-        unsafe { (*(&raw mut EXECUTOR)).write(raw::Executor::new(core::ptr::null_mut())) };
+        unsafe { (*EXECUTOR.0.get()).write(raw::Executor::new(core::ptr::null_mut())) };
     init(executor.spawner());
     loop {
         WOKEN.store(false, Ordering::Release);

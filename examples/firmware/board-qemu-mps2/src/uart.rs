@@ -30,25 +30,39 @@ pub fn write(bytes: &[u8]) {
 
 #[cfg(feature = "defmt")]
 mod logger {
+    use core::cell::UnsafeCell;
+
     use critical_section::RestoreState;
 
     #[defmt::global_logger]
     struct Logger;
 
-    /// Owned by whoever holds the critical section taken in `acquire`.
-    static mut ENCODER: defmt::Encoder = defmt::Encoder::new();
-    static mut RESTORE: RestoreState = RestoreState::invalid();
+    /// The frame encoder and the critical section's saved state, owned by whoever holds the
+    /// critical section taken in `acquire`.
+    struct State {
+        encoder: UnsafeCell<defmt::Encoder>,
+        restore: UnsafeCell<RestoreState>,
+    }
+
+    // SAFETY: only touched between `acquire` and `release`, inside one critical section on a
+    // single core.
+    unsafe impl Sync for State {}
+
+    static STATE: State = State {
+        encoder: UnsafeCell::new(defmt::Encoder::new()),
+        restore: UnsafeCell::new(RestoreState::invalid()),
+    };
 
     // SAFETY: `acquire` enters a critical section that `release` leaves, so at most one frame is
-    // in progress and the statics are only touched inside it (single core).
+    // in progress and `STATE` is only touched inside it.
     unsafe impl defmt::Logger for Logger {
         fn acquire() {
             // SAFETY: paired with the `release` in `Logger::release`.
             let restore = unsafe { critical_section::acquire() };
             // SAFETY: inside the critical section (see the impl's comment).
             unsafe {
-                RESTORE = restore;
-                (*(&raw mut ENCODER)).start_frame(super::write);
+                *STATE.restore.get() = restore;
+                (*STATE.encoder.get()).start_frame(super::write);
             }
         }
 
@@ -57,14 +71,14 @@ mod logger {
         unsafe fn release() {
             // SAFETY: defmt calls `release` once after `acquire`, inside its critical section.
             unsafe {
-                (*(&raw mut ENCODER)).end_frame(super::write);
-                critical_section::release(RESTORE);
+                (*STATE.encoder.get()).end_frame(super::write);
+                critical_section::release(*STATE.restore.get());
             }
         }
 
         unsafe fn write(bytes: &[u8]) {
             // SAFETY: defmt calls `write` between `acquire` and `release`.
-            unsafe { (*(&raw mut ENCODER)).write(bytes, super::write) }
+            unsafe { (*STATE.encoder.get()).write(bytes, super::write) }
         }
     }
 

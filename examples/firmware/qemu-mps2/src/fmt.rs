@@ -1,16 +1,25 @@
-//! `info!` and `error!` through defmt with the `defmt` feature, to nothing without it.
+//! `info!` and `error!` through defmt with the `defmt` feature; without it the arguments are
+//! only evaluated (so no variable goes unused) and nothing is logged.
 #![allow(unused_macros)]
 
 macro_rules! info {
-    ($($arg:tt)*) => {{
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
         #[cfg(feature = "defmt")]
-        ::defmt::info!($($arg)*);
+        ::defmt::info!($fmt $(, $arg)*);
+        #[cfg(not(feature = "defmt"))]
+        {
+            $(let _ = &$arg;)*
+        }
     }};
 }
 
 macro_rules! error {
-    ($($arg:tt)*) => {{
+    ($fmt:literal $(, $arg:expr)* $(,)?) => {{
         #[cfg(feature = "defmt")]
-        ::defmt::error!($($arg)*);
+        ::defmt::error!($fmt $(, $arg)*);
+        #[cfg(not(feature = "defmt"))]
+        {
+            $(let _ = &$arg;)*
+        }
     }};
 }

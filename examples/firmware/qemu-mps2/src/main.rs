@@ -40,8 +40,8 @@ fn main() -> ! {
 
     let board = match board_qemu_mps2::init() {
         Ok(board) => board,
-        Err(_err) => {
-            error!("no network: {}", _err);
+        Err(err) => {
+            error!("no network: {}", err);
             exit(2)
         }
     };
@@ -95,8 +95,8 @@ async fn work(stack: Stack<'static>, settings: Settings, mut rng: TimerNoise) {
     let buffers = Buffers::new(&mut rx, &mut tx, &mut scratch);
     let mut worker = match Worker::<SLOTS>::new(config, &KINDS, buffers) {
         Ok(worker) => worker,
-        Err(_err) => {
-            error!("bad worker configuration: {}", _err);
+        Err(err) => {
+            error!("bad worker configuration: {}", err);
             exit(3)
         }
     };

@@ -102,10 +102,10 @@ impl Settings {
                 if let Some(endpoint) = parse_endpoint(server) {
                     settings.server = endpoint;
                 }
-            } else if let Some(name) = word.strip_prefix("name=") {
-                if !name.is_empty() {
-                    settings.name = name;
-                }
+            } else if let Some(name) = word.strip_prefix("name=")
+                && !name.is_empty()
+            {
+                settings.name = name;
             }
         }
         settings
