@@ -5,8 +5,10 @@
 #   ./ci.sh <step> [args]   run one step; `test` passes its args on to `cargo test`
 #   ./ci.sh list            name the steps
 #
-# This script installs nothing: `.ci/run` prepares a fresh machine and then calls it. A step whose
-# tool is missing fails with the reason; no step is ever skipped in silence.
+# Run with no arguments, it first prepares the machine (.ci/prepare: toolchain targets and
+# components, a nightly toolchain and cargo-fuzz, qemu-system-arm and chromium from apt),
+# installing only what is missing; a single step installs nothing. A step whose tool is missing
+# fails with the reason; no step is ever skipped in silence. `.ci/run` (CI's entry) calls this.
 #
 # Knobs (environment):
 #   FUZZ_SECONDS    seconds per fuzz target (default 20)
@@ -149,13 +151,15 @@ ci_hil() {
     if [[ ${#firmware[@]} -eq 0 ]]; then
         note "hil: there is no firmware yet, so no QEMU test boots a board; running colony-hil-tests as it is"
     else
-        need qemu-system-arm "apt-get install -y qemu-system-arm, or run .ci/run"
+        need qemu-system-arm "apt-get install -y qemu-system-arm, or run ./ci.sh with no arguments"
     fi
     run cargo test -p colony-hil-tests
 }
 
 ci_quickstart() {
-    # The README's first command, the main job, exactly as a newcomer runs it.
+    # The README's first command, the main job, exactly as a newcomer runs it; then the
+    # simulation demo of the core.
+    run cargo run --release -p colony-examples --bin quickstart
     run cargo run --release -p colony-core --example simulate
 }
 
@@ -188,6 +192,7 @@ is_step() {
 main() {
     if [[ $# -eq 0 || "$1" == "all" ]]; then
         local step total=$SECONDS
+        ./.ci/prepare
         for step in "${STEPS[@]}"; do
             run_step "$step"
         done
