@@ -3,8 +3,8 @@
 //! It drives the real [`Scheduler`](colony_core::sched::Scheduler) and real
 //! [`Worker`](colony_core::worker::Worker) state machines through a simulated network, clock and
 //! disk. The only code of its own is the glue a transport provides (framing, the handshake's
-//! server side, turning frames into scheduler calls and actions into frames, writing and syncing
-//! the log), kept minimal here.
+//! server side, turning frames into scheduler calls and actions into frames, dropping connections
+//! silent for too long, writing and syncing the log), kept minimal here.
 //!
 //! Faults, all drawn from the seed: workers that die and come back as new processes, links that
 //! drop, links that go half-open (traffic vanishes, neither end is told: the server keeps a
@@ -26,7 +26,7 @@
 // The test and the example each use a part of this module.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use colony_core::log::CrashStorage;
 use colony_core::{Duration, Instant, JobId};
@@ -41,14 +41,20 @@ macro_rules! trace {
 }
 
 mod check;
+mod faults;
 mod job;
+mod life;
 mod net;
+mod report;
 mod rng;
 mod server;
 mod worker;
 
 pub(crate) use check::Check;
+pub(crate) use report::{Failure, Report, Stats};
+
 use check::{Oracle, bail};
+use faults::Plan;
 use job::{KIND_HASH, KIND_MIX, SimJob};
 use net::Link;
 use rng::Rng;
@@ -113,134 +119,6 @@ impl Default for Options {
     }
 }
 
-/// Counts of what happened in one run (or, added up, in many).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Stats {
-    pub(crate) runs: u64,
-    pub(crate) jobs: u64,
-    pub(crate) dag_jobs: u64,
-    pub(crate) tasks: u64,
-    pub(crate) edges: u64,
-    pub(crate) doomed: u64,
-    pub(crate) workers: u64,
-    pub(crate) connections: u64,
-    pub(crate) handshakes: u64,
-    pub(crate) grants: u64,
-    pub(crate) reissued: u64,
-    pub(crate) expiries: u64,
-    pub(crate) stale_answers: u64,
-    pub(crate) fenced_answers: u64,
-    pub(crate) retryable_failures: u64,
-    pub(crate) permanent_failures: u64,
-    pub(crate) failed: u64,
-    pub(crate) poisoned: u64,
-    pub(crate) exhausted: u64,
-    pub(crate) cascaded: u64,
-    pub(crate) worker_kills: u64,
-    pub(crate) link_drops: u64,
-    pub(crate) half_open: u64,
-    pub(crate) hangs: u64,
-    pub(crate) goodbyes: u64,
-    pub(crate) slow_links: u64,
-    pub(crate) silent_closes: u64,
-    pub(crate) idle_drops: u64,
-    pub(crate) server_crashes: u64,
-    pub(crate) tail_bytes_lost: u64,
-    pub(crate) tail_bytes_kept: u64,
-    pub(crate) resumed_settled: u64,
-    pub(crate) fsyncs: u64,
-    pub(crate) log_bytes: u64,
-    pub(crate) frames: u64,
-    pub(crate) net_bytes: u64,
-    pub(crate) sim_time_us: u64,
-    /// The longest run's simulated time (a maximum, not a sum).
-    pub(crate) longest_us: u64,
-    pub(crate) steps: u64,
-}
-
-impl Stats {
-    /// Adds `other` into `self`, field by field.
-    pub(crate) fn add(&mut self, o: &Stats) {
-        macro_rules! sum {
-            ($($f:ident),*) => { $( self.$f += o.$f; )* };
-        }
-        sum!(
-            runs,
-            jobs,
-            dag_jobs,
-            tasks,
-            edges,
-            doomed,
-            workers,
-            connections,
-            handshakes,
-            grants,
-            reissued,
-            expiries,
-            stale_answers,
-            fenced_answers,
-            retryable_failures,
-            permanent_failures,
-            failed,
-            poisoned,
-            exhausted,
-            cascaded,
-            worker_kills,
-            link_drops,
-            half_open,
-            hangs,
-            goodbyes,
-            slow_links,
-            silent_closes,
-            idle_drops,
-            server_crashes,
-            tail_bytes_lost,
-            tail_bytes_kept,
-            resumed_settled,
-            fsyncs,
-            log_bytes,
-            frames,
-            net_bytes,
-            sim_time_us,
-            steps
-        );
-        self.longest_us = self.longest_us.max(o.longest_us);
-    }
-}
-
-/// A run that held every invariant.
-#[derive(Clone, Debug)]
-pub(crate) struct Report {
-    pub(crate) seed: u64,
-    pub(crate) stats: Stats,
-    /// The jobs and workers of the run, one line each.
-    pub(crate) setup: Vec<String>,
-    /// Notable events (crashes, restarts, workers dying), in order.
-    pub(crate) events: Vec<String>,
-}
-
-/// A run that broke an invariant.
-#[derive(Clone, Debug)]
-pub(crate) struct Failure {
-    pub(crate) seed: u64,
-    pub(crate) step: u64,
-    pub(crate) time_us: u64,
-    pub(crate) message: String,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "seed {}: {} (step {}, at {:.3} ms simulated)",
-            self.seed,
-            self.message,
-            self.step,
-            self.time_us as f64 / 1000.0
-        )
-    }
-}
-
 /// Runs one seed to the end.
 ///
 /// # Errors
@@ -261,23 +139,6 @@ pub(crate) fn run(seed: u64, options: &Options) -> Result<Report, Failure> {
             message,
         }),
     }
-}
-
-/// The seed's choices that shape the run.
-#[derive(Debug)]
-struct Plan {
-    /// Mean time between faults, if any happen.
-    fault_gap: Option<u64>,
-    /// Server crashes, each when this many per mille of all tasks are durably settled.
-    crash_points: VecDeque<u64>,
-    /// Chance per mille that a task attempt fails with a retryable error.
-    fail_per_mille: u64,
-    /// Chance per mille that a task runs for longer than a lease.
-    slow_per_mille: u64,
-    /// Chance per mille that one message is delayed by tens of milliseconds.
-    spike_per_mille: u64,
-    /// Chance per mille that an fsync takes tens of milliseconds.
-    slow_sync_per_mille: u64,
 }
 
 /// Where a chunk of bytes goes.
@@ -342,22 +203,7 @@ impl World {
         let workers: Vec<SimWorker> = (0..worker_count)
             .map(|i| SimWorker::new(WorkerPlan::generate(&mut rng, i, job_count)))
             .collect();
-        let crashes = match rng.below(100) {
-            0..35 => 0,
-            35..70 => 1,
-            70..90 => 2,
-            _ => 3,
-        };
-        let mut points: Vec<u64> = (0..crashes).map(|_| rng.below(1001)).collect();
-        points.sort_unstable();
-        let plan = Plan {
-            fault_gap: (!rng.chance(100)).then(|| rng.range(60_000, 600_000)),
-            crash_points: points.into(),
-            fail_per_mille: rng.range(0, 60),
-            slow_per_mille: rng.range(0, 30),
-            spike_per_mille: rng.range(0, 20),
-            slow_sync_per_mille: rng.range(0, 50),
-        };
+        let plan = Plan::generate(&mut rng);
         let mut stats = Stats {
             runs: 1,
             jobs: jobs.len() as u64,
@@ -465,14 +311,6 @@ impl World {
         if self.events.len() < 64 {
             self.events
                 .push(format!("{:>9.3} ms  {text}", self.now as f64 / 1000.0));
-        }
-    }
-
-    /// The time until the next fault, drawn around the plan's mean.
-    fn fault_gap(&mut self) -> u64 {
-        match self.plan.fault_gap {
-            Some(mean) => self.now + 1 + self.rng.below(2 * mean),
-            None => u64::MAX,
         }
     }
 
@@ -614,187 +452,6 @@ impl World {
             id.and_then(|id| s.sched.progress(id))
                 .is_some_and(|p| p.finished)
         })
-    }
-
-    // ---- the network ----
-
-    /// Sends `bytes` on `link`, possibly split into segments, each after a random latency but
-    /// never before the bytes sent ahead of it.
-    fn send(&mut self, link: u64, dir: Dir, bytes: Vec<u8>) {
-        if bytes.is_empty() {
-            return;
-        }
-        let now = self.now;
-        let spike = self.plan.spike_per_mille;
-        let Some(l) = self.links.get_mut(&link).filter(|l| !l.black_hole) else {
-            return;
-        };
-        self.stats.net_bytes += bytes.len() as u64;
-        let latency = |rng: &mut Rng| {
-            let mut d = 20 + l.latency + rng.below(l.latency + 1);
-            if rng.chance(spike) {
-                d += rng.range(10_000, 150_000);
-            }
-            d
-        };
-        let split = if bytes.len() > 1 && self.rng.chance(150) {
-            1 + self.rng.index(bytes.len() - 1)
-        } else {
-            bytes.len()
-        };
-        let (head, tail) = bytes.split_at(split);
-        for part in [head, tail] {
-            if part.is_empty() {
-                continue;
-            }
-            let at = now + latency(&mut self.rng);
-            match dir {
-                Dir::ToServer => l.to_server.push(at, part.to_vec()),
-                Dir::ToWorker => l.to_worker.push(at, part.to_vec()),
-            }
-        }
-    }
-
-    /// A new connection from worker `i`; the server accepts it at once.
-    fn open_link(&mut self, i: usize) -> u64 {
-        let id = self.next_link;
-        self.next_link += 1;
-        let latency = if self.rng.chance(100) {
-            self.rng.range(2_000, 8_000)
-        } else {
-            self.rng.range(30, 1_500)
-        };
-        self.links.insert(id, Link::new(i, latency));
-        if let Some(s) = self.server.as_mut() {
-            s.accept(id, self.now);
-        }
-        self.stats.connections += 1;
-        id
-    }
-
-    /// Cuts `link` at both ends at once: the server drops the connection, the worker notices
-    /// that its connection is gone. On a half-open link the server is not told.
-    fn cut_link(&mut self, link: u64) {
-        if !self.links.get(&link).is_some_and(|l| l.black_hole) {
-            self.with_server(|w, s| w.server_close(s, link));
-        }
-        self.forget_link(link);
-    }
-
-    /// Removes `link`; if its worker still uses it, tells the worker it is gone.
-    fn forget_link(&mut self, link: u64) {
-        let at = self.instant();
-        if let Some(l) = self.links.remove(&link) {
-            let jitter = self.jitter();
-            let w = &mut self.workers[l.worker];
-            if w.link == Some(link) {
-                w.link = None;
-                w.rx.clear();
-                w.machine.disconnected(at, jitter);
-            }
-        }
-    }
-
-    // ---- faults ----
-
-    fn fault(&mut self) {
-        let active: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].life == Life::Active)
-            .collect();
-        if active.is_empty() {
-            return;
-        }
-        let i = active[self.rng.index(active.len())];
-        let name = self.workers[i].plan.name;
-        match self.rng.below(100) {
-            0..30 => {
-                let down = self.rng.range(5_000, 800_000);
-                self.kill_worker(i, down);
-                self.stats.worker_kills += 1;
-                self.event(format!("{name} dies; back in {} ms", down / 1000));
-            }
-            30..50 => {
-                if let Some(link) = self.workers[i].link {
-                    self.cut_link(link);
-                    self.stats.link_drops += 1;
-                    self.event(format!("the link of {name} drops"));
-                }
-            }
-            50..60 => {
-                if let Some(l) = self.workers[i].link.and_then(|id| self.links.get_mut(&id)) {
-                    l.black_hole = true;
-                    l.to_server.clear();
-                    l.to_worker.clear();
-                    self.stats.half_open += 1;
-                    self.event(format!(
-                        "the link of {name} goes half-open: traffic vanishes, nobody is told"
-                    ));
-                }
-            }
-            60..80 => {
-                let until = self.now + self.rng.range(100_000, 1_200_000);
-                self.workers[i].life = Life::Hung(until);
-                self.stats.hangs += 1;
-                self.event(format!(
-                    "{name} hangs for {} ms, its socket open",
-                    (until - self.now) / 1000
-                ));
-            }
-            80..85 => {
-                if self.server.is_some() && self.stalled_until.is_none() {
-                    let until = self.now + self.rng.range(50_000, 1_000_000);
-                    self.stalled_until = Some(until);
-                    self.event(format!(
-                        "the server process stalls for {} ms",
-                        (until - self.now) / 1000
-                    ));
-                }
-            }
-            85..92 => {
-                if !self.workers[i].plan.anchor {
-                    let w = &mut self.workers[i];
-                    w.retiring = true;
-                    w.machine.goodbye();
-                    if w.link.is_none() {
-                        w.life = Life::Retired;
-                    }
-                    self.stats.goodbyes += 1;
-                    self.event(format!("{name} says goodbye for good"));
-                }
-            }
-            _ => {
-                if let Some(l) = self.workers[i].link.and_then(|id| self.links.get_mut(&id)) {
-                    l.latency = self.rng.range(10_000, 60_000);
-                    self.stats.slow_links += 1;
-                    trace!(self, "the link of {name} slows down");
-                }
-            }
-        }
-    }
-
-    /// Worker `i`'s process dies: its connection drops, its state is lost, and a fresh process
-    /// starts after `down` microseconds.
-    fn kill_worker(&mut self, i: usize, down: u64) {
-        if let Some(link) = self.workers[i].link {
-            self.cut_link(link);
-        }
-        let until = self.now + down;
-        self.workers[i].restart(until);
-    }
-
-    /// Schedules the next planned server crash once enough tasks are durably settled.
-    fn plan_crash(&mut self) {
-        if self.server.is_none() || self.crash_at.is_some() {
-            return;
-        }
-        let total = self.stats.tasks.max(1);
-        let settled = self.oracle.settled_total();
-        if let Some(&point) = self.plan.crash_points.front()
-            && settled * 1000 >= point * total
-        {
-            self.plan.crash_points.pop_front();
-            self.crash_at = Some(self.now + self.rng.below(5_000));
-        }
     }
 
     // ---- invariants ----
