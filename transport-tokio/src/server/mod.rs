@@ -31,6 +31,7 @@
 //! `CallReturn` or `CallError` goes straight into that connection's outbox, so a slow function
 //! stalls neither scheduling nor the connection.
 
+mod client;
 mod engine;
 mod handle;
 mod outbox;
@@ -47,6 +48,7 @@ use colony_core::sched::{ReplayError, SchedConfig, Scheduler};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::mpsc;
 
+pub use client::{ClientLimits, KINDS_CALL};
 pub use colony_core::sched::{Created, Progress};
 pub use handle::{HandleError, JobInfo, ServerHandle, ServerStatus};
 
@@ -86,6 +88,7 @@ pub struct ServerConfig {
     linger: Option<Duration>,
     max_outstanding: u32,
     calls: Option<Calls>,
+    clients: ClientLimits,
 }
 
 impl ServerConfig {
@@ -106,6 +109,7 @@ impl ServerConfig {
             linger: None,
             max_outstanding: 65_536,
             calls: None,
+            clients: ClientLimits::default(),
         }
     }
 
@@ -178,6 +182,17 @@ impl ServerConfig {
     pub fn call_handler(mut self, handler: CallHandler) -> Self {
         self.calls = Some(Calls(handler));
         self
+    }
+
+    /// The rules task clients are held to (tasks in flight per connection, job sizes).
+    pub fn client_limits(mut self, limits: ClientLimits) -> Self {
+        self.clients = limits;
+        self
+    }
+
+    /// The rules task clients are held to.
+    pub fn limits_for_clients(&self) -> ClientLimits {
+        self.clients
     }
 
     /// The address to listen on.

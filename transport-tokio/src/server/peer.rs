@@ -112,15 +112,15 @@ enum Admitted {
 
 /// Why a connection is dropped: the reason for the log, and the code to tell the peer.
 #[derive(Debug)]
-struct Refusal {
-    code: Option<ErrorCode>,
-    reason: String,
+pub(super) struct Refusal {
+    pub(super) code: Option<ErrorCode>,
+    pub(super) reason: String,
     /// A peer that simply went away is no fault; log it quietly.
-    quiet: bool,
+    pub(super) quiet: bool,
 }
 
 impl Refusal {
-    fn conn(e: ConnError) -> Self {
+    pub(super) fn conn(e: ConnError) -> Self {
         let quiet = matches!(e, ConnError::Closed | ConnError::Io(_));
         Refusal {
             code: e.code(),
@@ -129,7 +129,7 @@ impl Refusal {
         }
     }
 
-    fn unexpected(expected: &str, got: &str) -> Self {
+    pub(super) fn unexpected(expected: &str, got: &str) -> Self {
         Refusal {
             code: Some(ErrorCode::BadMessage),
             reason: format!("expected {expected}, got {got}"),
@@ -137,7 +137,7 @@ impl Refusal {
         }
     }
 
-    fn not_reading(backlog: usize) -> Self {
+    pub(super) fn not_reading(backlog: usize) -> Self {
         Refusal {
             code: Some(ErrorCode::LimitExceeded),
             reason: format!("not reading: {backlog} bytes waiting to be sent"),
@@ -145,7 +145,7 @@ impl Refusal {
         }
     }
 
-    fn log(&self, peer: SocketAddr, stage: &str) {
+    pub(super) fn log(&self, peer: SocketAddr, stage: &str) {
         if self.quiet {
             log::debug!("connection from {peer} closed {stage}: {}", self.reason);
         } else {
@@ -231,7 +231,7 @@ async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(conn: FramedConn<S>
     drain(reader.into_inner()).await;
 }
 
-async fn drain<R: AsyncRead + Unpin>(mut io: R) {
+pub(super) async fn drain<R: AsyncRead + Unpin>(mut io: R) {
     let mut scratch = [0u8; 4096];
     let mut seen = 0;
     let _ = tokio::time::timeout(LINGER_CLOSE, async {
@@ -324,12 +324,18 @@ async fn serve_tcp(
                 reader.abort();
             }
         }
-        Admitted::Observer | Admitted::Client { .. } => {
-            let what = match &admitted {
-                Admitted::Client { name } => format!("task client {name:?}"),
-                _ => "observer".to_owned(),
-            };
-            log::debug!("{what} connected from {peer}");
+        Admitted::Client { name } => {
+            let _ = outbox.push(&Message::Welcome(Welcome {
+                worker: WorkerId(0),
+                lease_ms: ctx.lease_ms,
+                heartbeat_ms: ctx.heartbeat_ms,
+            }));
+            let calls = CallRunner::new(&ctx, &outbox, max_frame);
+            super::client::serve_client(reader, name, peer, calls, Arc::clone(&ctx), permit).await;
+            let _ = writer.await;
+        }
+        Admitted::Observer => {
+            log::debug!("observer connected from {peer}");
             let _ = outbox.push(&Message::Welcome(Welcome {
                 worker: WorkerId(0),
                 lease_ms: ctx.lease_ms,
@@ -344,7 +350,7 @@ async fn serve_tcp(
 }
 
 /// Runs one connection's remote calls: each on a blocking thread, answered into the outbox.
-struct CallRunner {
+pub(super) struct CallRunner {
     handler: Option<CallHandler>,
     outbox: Arc<Outbox>,
     in_flight: Arc<AtomicUsize>,
@@ -352,7 +358,7 @@ struct CallRunner {
 }
 
 impl CallRunner {
-    fn new(ctx: &PeerCtx, outbox: &Arc<Outbox>, max_frame: u32) -> Self {
+    pub(super) fn new(ctx: &PeerCtx, outbox: &Arc<Outbox>, max_frame: u32) -> Self {
         CallRunner {
             handler: ctx.calls.clone(),
             outbox: Arc::clone(outbox),
@@ -361,8 +367,18 @@ impl CallRunner {
         }
     }
 
+    /// The connection's outbox.
+    pub(super) fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The connection's agreed frame limit.
+    pub(super) fn max_frame(&self) -> u32 {
+        self.max_frame
+    }
+
     /// Starts `name(args)`; the answer goes to the outbox when it is done.
-    fn start(&self, call: u32, name: &str, args: &[u8]) {
+    pub(super) fn start(&self, call: u32, name: &str, args: &[u8]) {
         let refuse = |error: &str| {
             let _ = self.outbox.push(&Message::CallError { call, error });
         };

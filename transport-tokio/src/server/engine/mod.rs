@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
+mod clients;
 mod commands;
 
 use super::handle::{Command, StopState};
@@ -82,6 +83,8 @@ pub(super) enum Event {
         worker: WorkerId,
         reason: Option<String>,
     },
+    /// A task client's news (see `server/client.rs`).
+    Client(super::client::ClientEvent),
     /// An observer asks for status; answer into its outbox.
     Query {
         job: Option<JobId>,
@@ -194,6 +197,8 @@ pub(super) struct Engine {
     /// Jobs created whose records are not durable yet: answered once they are. `None` until the
     /// records are handed to the log, then the LSN that must become durable.
     creating: Vec<Creating>,
+    /// Task clients, their jobs and their pending replies.
+    clients: clients::Clients,
 }
 
 /// A `create_job` answer waiting for its records to be durable.
@@ -214,6 +219,7 @@ impl Engine {
     ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
+        let clients = clients::Clients::new(config.limits_for_clients());
         Engine {
             sched,
             config,
@@ -236,6 +242,7 @@ impl Engine {
             fault: None,
             oversized: Vec::new(),
             creating: Vec::new(),
+            clients,
         }
     }
 
@@ -323,6 +330,7 @@ impl Engine {
         }
         self.drain_actions();
         self.send_staged();
+        self.send_client_staged();
         self.publish_progress();
         self.update_linger();
     }
@@ -336,6 +344,8 @@ impl Engine {
         let Some(commit) = &self.log else {
             self.log_spare.clear();
             if let Some(lsn) = self.sched.take_log(&mut self.log_spare) {
+                self.clients.logged(lsn);
+                self.clients_durable(lsn);
                 self.sched.durable(lsn);
             }
             self.log_spare.clear();
@@ -353,6 +363,7 @@ impl Engine {
         for waiting in &mut self.creating {
             waiting.lsn.get_or_insert(lsn);
         }
+        self.clients.logged(lsn);
         match commit.submit(bytes, lsn) {
             Ok(()) => self.in_flight = true,
             Err(_) => {
@@ -373,6 +384,7 @@ impl Engine {
         match flushed {
             Ok(f) => {
                 self.log_spare = f.spare;
+                self.clients_durable(f.lsn);
                 self.sched.durable(f.lsn);
                 let (ready, waiting) = std::mem::take(&mut self.creating)
                     .into_iter()
@@ -418,7 +430,9 @@ impl Engine {
                         kind,
                     } => self.grant(worker, lease, job, task, attempt, kind),
                     Action::Ack { worker, lease } => self.stage(worker, &Message::Ack { lease }),
-                    Action::TaskDone { .. } | Action::TaskFailed { .. } => {}
+                    Action::TaskDone { job, task } | Action::TaskFailed { job, task } => {
+                        self.client_result(job, task);
+                    }
                     Action::JobFinished { job } => {
                         if let Some(p) = self.sched.progress(job) {
                             log::info!(
@@ -429,6 +443,7 @@ impl Engine {
                             );
                         }
                         self.broadcast_finished(job);
+                        self.client_job_finished(job);
                     }
                 }
             }
@@ -579,6 +594,7 @@ impl Engine {
                     self.remove_worker(worker, Removal::Left);
                 }
             }
+            Event::Client(event) => self.on_client_event(event),
             Event::Query {
                 job,
                 outbox,
@@ -621,6 +637,7 @@ impl Engine {
         let worker = self
             .sched
             .worker_joined(joined.kinds.iter().map(String::as_str));
+        self.clients.worker_joined(worker, &joined.kinds);
         let index = worker.0 as usize;
         if self.workers.len() <= index {
             self.workers.resize_with(index + 1, || None);
@@ -751,6 +768,7 @@ impl Engine {
         };
         self.live_workers = self.live_workers.saturating_sub(1);
         self.sched.worker_left(worker);
+        self.clients.worker_left(worker);
         match how {
             Removal::Left | Removal::Goodbye => conn.outbox.close(None),
             Removal::Dropped { code, detail } => {
@@ -791,6 +809,7 @@ impl Engine {
             conn.reader.abort();
         }
         self.live_workers = 0;
+        self.close_clients();
 
         while self.fault.is_none() && (self.in_flight || self.sched.has_log()) {
             self.flush_log();
