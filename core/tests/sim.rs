@@ -193,7 +193,6 @@ fn checker_catches_leases_beyond_credit() {
 /// The smallest simulated run that shows the bug: without the idle drop, a task of a job that
 /// allows 20 attempts fails for good.
 #[test]
-#[ignore = "open scheduler bug: a re-issued task goes back to the silent worker whose lease expired"]
 fn silent_connections_do_not_exhaust_a_tasks_attempts() {
     let options = Options {
         idle_drop: false,
@@ -208,7 +207,6 @@ fn silent_connections_do_not_exhaust_a_tasks_attempts() {
 /// The same bug by hand: a silent worker and a heartbeating one, both with credit; the only
 /// task goes to the silent one three times and fails for good.
 #[test]
-#[ignore = "open scheduler bug: a re-issued task goes back to the silent worker whose lease expired"]
 fn an_expired_lease_is_not_reissued_to_the_silent_worker() {
     use colony_core::sched::{Action, Inputs, JobDef, SchedConfig, Scheduler, TaskState};
     use colony_core::{Duration, Instant, TaskId};

@@ -396,6 +396,9 @@ struct WorkerSlot {
     credit: u32,
     held: u32,
     hungry: bool,
+    /// One of its leases expired: it gets no new lease until it shows it is alive (a heartbeat,
+    /// an answer or new credit), so a hung connection cannot soak up re-issued tasks.
+    suspect: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -802,6 +805,7 @@ impl Scheduler {
             credit: 0,
             held: 0,
             hungry: false,
+            suspect: false,
         }));
         id
     }
@@ -826,6 +830,7 @@ impl Scheduler {
             return Err(ProtocolError::CreditLimit { requested, limit });
         }
         w.credit += count;
+        w.suspect = false;
         if w.credit > 0 && !w.hungry {
             w.hungry = true;
             self.hungry.push_back(worker);
@@ -836,6 +841,9 @@ impl Scheduler {
     /// The worker is alive: renews every lease it holds.
     pub fn heartbeat(&mut self, now: Instant, worker: WorkerId) {
         self.leases.renew_holder(now, worker);
+        if let Ok(w) = self.worker_mut(worker) {
+            w.suspect = false;
+        }
     }
 
     /// The worker disconnected or said goodbye: its leases return to their queues at once
@@ -875,6 +883,7 @@ impl Scheduler {
             Ok(ended) => {
                 if let Ok(w) = self.worker_mut(worker) {
                     w.held = w.held.saturating_sub(1);
+                    w.suspect = false;
                 }
                 if let Some(j) = self.job_mut(ended.item.job) {
                     j.running = j.running.saturating_sub(1);
@@ -1193,6 +1202,7 @@ impl Scheduler {
         while let Some(ended) = self.leases.expire_next(now) {
             if let Ok(w) = self.worker_mut(ended.holder) {
                 w.held = w.held.saturating_sub(1);
+                w.suspect = true;
             }
             if let Some(j) = self.job_mut(ended.item.job) {
                 j.running = j.running.saturating_sub(1);
@@ -1211,8 +1221,12 @@ impl Scheduler {
         self.leases.poll_at()
     }
 
+    /// Hands ready tasks to hungry workers. Workers that got leases go to the back of the queue
+    /// and the ones that got none keep their place, so scarce tasks spread over workers rather
+    /// than all going to the head of the queue.
     fn dispatch(&mut self, now: Instant) {
         let mut rounds = self.hungry.len();
+        let mut passed_over = Vec::new();
         while rounds > 0 {
             rounds -= 1;
             let Some(worker) = self.hungry.pop_front() else {
@@ -1221,6 +1235,10 @@ impl Scheduler {
             let Some(Some(w)) = self.workers.get(worker.0 as usize) else {
                 continue;
             };
+            if w.suspect {
+                passed_over.push(worker);
+                continue;
+            }
             let mut credit = w.credit;
             let kinds = &w.kinds;
             let jobs = self.jobs.len();
@@ -1270,12 +1288,17 @@ impl Scheduler {
             if let Some(Some(w)) = self.workers.get_mut(worker.0 as usize) {
                 w.credit = credit;
                 w.held += granted;
-                if credit > 0 {
-                    self.hungry.push_back(worker);
-                } else {
+                if credit == 0 {
                     w.hungry = false;
+                } else if granted == 0 {
+                    passed_over.push(worker);
+                } else {
+                    self.hungry.push_back(worker);
                 }
             }
+        }
+        for worker in passed_over.into_iter().rev() {
+            self.hungry.push_front(worker);
         }
     }
 
