@@ -4,11 +4,14 @@
 //!   group commit, and the in-process handle the serving program uses.
 //! - [`worker`]: the std worker, driving the core's worker state machine over TCP.
 //! - [`forloop`]: the distributed for-loop (`for item in job`), built on both.
+//! - [`executor`]: submit typed tasks ([`kind`]) to a standing server and collect their results.
 //! - [`progress`]: the terminal progress bar.
 #![deny(missing_docs)]
 
 pub mod conn;
+pub mod executor;
 pub mod forloop;
+pub mod kind;
 pub mod logfile;
 pub mod progress;
 pub mod secret;

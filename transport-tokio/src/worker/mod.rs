@@ -43,6 +43,7 @@ mod pool;
 mod session;
 mod shutdown;
 mod stats;
+mod typed;
 
 pub use colony_core::proto::{JobOutcome, Retry};
 pub use colony_core::{Attempt, JobId, LeaseId, TaskId};
@@ -50,12 +51,13 @@ pub use config::{Execution, MAX_CREDIT, OnJobEnd, WorkerConfig};
 pub use handler::{Handler, TaskCtx, TaskError};
 pub use shutdown::ShutdownToken;
 pub use stats::{Histogram, StatsSnapshot, WorkerStats};
+pub use typed::{ReadyWorker, Worker, WorkerBuilder};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use colony_core::proto::{ErrorCode, HandshakeError};
-use colony_core::worker::{Backoff, Config, ConfigError, Worker};
+use colony_core::worker::{Backoff, Config, ConfigError, Worker as Machine};
 
 use handler::Link;
 use pool::Pool;
@@ -86,6 +88,12 @@ pub enum WorkerError {
     /// No task kinds were configured.
     #[error("worker configuration: no task kinds to run")]
     NoKinds,
+    /// A kind was registered without a function ([`TaskKind::declared`](crate::kind::TaskKind::declared)).
+    #[error("worker configuration: kind {kind:?} has no function to run")]
+    NoFunction {
+        /// The kind.
+        kind: String,
+    },
     /// Slots or prefetch out of range.
     #[error(
         "worker configuration: {slots} slots and {prefetch} prefetch; slots must be at least 1 \
@@ -165,7 +173,7 @@ pub async fn run_worker<H: Handler>(
         .with_slots(credit)
         .with_backoff(Backoff::new(core_duration(initial), core_duration(max)))
         .with_max_frame(config.max_frame());
-    let sm: Box<Worker<'_, CAPACITY>> = Box::new(Worker::new(core)?);
+    let sm: Box<Machine<'_, CAPACITY>> = Box::new(Machine::new(core)?);
     let handler = Arc::new(handler);
     let link = Arc::new(Link {
         shutdown: config.shutdown_token(),

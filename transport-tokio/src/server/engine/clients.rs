@@ -248,7 +248,8 @@ impl Engine {
                 self.stage_result(one, job, task);
             }
             many => {
-                for client in many.to_vec() {
+                let many = many.to_owned();
+                for client in many {
                     self.stage_result(client, job, task);
                 }
             }
