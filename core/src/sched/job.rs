@@ -247,6 +247,31 @@ impl Job {
         self.tasks.get(task.index()).map(|t| t.state)
     }
 
+    /// Restores a task recorded done in the log; the first record of a task wins.
+    pub(super) fn restore_done(&mut self, task: TaskId, output: &[u8]) {
+        if let Some(slot) = self.tasks.get_mut(task.index())
+            && slot.state == TaskState::Pending
+        {
+            slot.state = TaskState::Done;
+            self.done += 1;
+            self.settled_written += 1;
+            self.outputs.set(task, output);
+        }
+    }
+
+    /// Restores a task recorded failed in the log; the first record of a task wins.
+    pub(super) fn restore_failed(&mut self, task: TaskId, attempts: u16, error: String) {
+        if let Some(slot) = self.tasks.get_mut(task.index())
+            && slot.state == TaskState::Pending
+        {
+            slot.state = TaskState::Failed;
+            slot.attempt = Attempt(attempts);
+            self.failed += 1;
+            self.settled_written += 1;
+            self.errors.insert(task.0, error);
+        }
+    }
+
     /// Adds a task to an open job.
     pub(super) fn push_task(&mut self, input: &[u8]) -> Option<TaskId> {
         let task = self.frontier.push_task()?;

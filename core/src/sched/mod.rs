@@ -596,25 +596,10 @@ impl Scheduler {
                 frontier,
             );
             for (task, output) in &r.done {
-                job.outputs.set(*task, output);
-                if let Some(slot) = job.slot(*task)
-                    && slot.state == TaskState::Pending
-                {
-                    slot.state = TaskState::Done;
-                    job.done += 1;
-                    job.settled_written += 1;
-                }
+                job.restore_done(*task, output);
             }
             for (task, attempts, error) in r.failed {
-                if let Some(slot) = job.slot(task)
-                    && slot.state == TaskState::Pending
-                {
-                    slot.state = TaskState::Failed;
-                    slot.attempt = Attempt(attempts);
-                    job.failed += 1;
-                    job.settled_written += 1;
-                    job.errors.insert(task.0, error);
-                }
+                job.restore_failed(task, attempts, error);
             }
             if r.finished {
                 job.closed = true;
@@ -1101,13 +1086,10 @@ impl Scheduler {
                 job, task, output, ..
             } => {
                 if let Some(j) = self.job_mut(job) {
-                    let slot = j.slot(task).ok_or(ReplayError::UnknownTask(job, task))?;
-                    if slot.state == TaskState::Pending {
-                        slot.state = TaskState::Done;
-                        j.done += 1;
-                        j.settled_written += 1;
-                        j.outputs.set(task, output);
+                    if j.state(task).is_none() {
+                        return Err(ReplayError::UnknownTask(job, task));
                     }
+                    j.restore_done(task, output);
                 } else {
                     let r = self.resume_mut(job)?;
                     if task.0 >= r.tasks {
@@ -1123,14 +1105,10 @@ impl Scheduler {
                 error,
             } => {
                 if let Some(j) = self.job_mut(job) {
-                    let slot = j.slot(task).ok_or(ReplayError::UnknownTask(job, task))?;
-                    if slot.state == TaskState::Pending {
-                        slot.state = TaskState::Failed;
-                        slot.attempt = Attempt(attempts);
-                        j.failed += 1;
-                        j.settled_written += 1;
-                        j.errors.insert(task.0, error.to_string());
+                    if j.state(task).is_none() {
+                        return Err(ReplayError::UnknownTask(job, task));
                     }
+                    j.restore_failed(task, attempts, error.to_string());
                 } else {
                     let r = self.resume_mut(job)?;
                     if task.0 >= r.tasks {
