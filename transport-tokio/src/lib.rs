@@ -6,6 +6,7 @@
 //! - [`forloop`]: the distributed for-loop (`for item in job`), built on both.
 //! - [`executor`]: submit typed tasks ([`kind`]) to a standing server and collect their results.
 //! - [`progress`]: the terminal progress bar.
+//! - [`net`] and [`tls`]: the transports (TCP, TLS, WebSocket) a connector reaches a server by.
 #![deny(missing_docs)]
 
 pub mod conn;
@@ -13,7 +14,9 @@ pub mod executor;
 pub mod forloop;
 pub mod kind;
 pub mod logfile;
+pub mod net;
 pub mod progress;
 pub mod secret;
 pub mod server;
+pub mod tls;
 pub mod worker;

@@ -17,7 +17,7 @@ use colony_tokio::conn::{ConnError, FramedConn, connect_and_handshake};
 use colony_tokio::secret::Secret;
 use colony_tokio::server::{CallHandler, HandleError, Server};
 use common::{Got, RawWorker, bounded, config, numbers, square, start};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn squares(n: u32) -> Vec<Option<Vec<u8>>> {
@@ -184,14 +184,21 @@ async fn bad_peers_are_dropped_while_the_job_carries_on() {
         .unwrap();
     assert_eq!(refusal(&mut conn).await, Some(ErrorCode::BadMessage));
 
-    // An HTTP request: its first bytes announce an enormous frame.
+    // Bytes that announce an enormous frame (and are no HTTP, TLS or WebSocket).
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    stream.write_all(&[0xfe; 16]).await.unwrap();
     let mut conn = FramedConn::new(stream);
     assert_eq!(refusal(&mut conn).await, Some(ErrorCode::FrameTooLarge));
+
+    // An HTTP request is the monitor's: answered in HTTP, and the job carries on.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    bounded(stream.read_to_string(&mut answer)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
 
     // A frame just over the handshake limit.
     let mut conn = raw(addr).await;

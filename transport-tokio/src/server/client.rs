@@ -49,6 +49,7 @@ use super::engine::Event;
 use super::outbox::Outbox;
 use super::peer::{CallRunner, PeerCtx, Refusal, drain};
 use crate::conn::FrameReader;
+use crate::net::Transport;
 
 /// The built-in call naming every task kind a connected worker declares (see the module docs).
 pub const KINDS_CALL: &str = "colony/kinds";
@@ -159,6 +160,7 @@ pub(super) enum ClientEvent {
 pub(super) struct ClientJoined {
     pub(super) name: String,
     pub(super) peer: SocketAddr,
+    pub(super) transport: Transport,
     pub(super) max_frame: u32,
     pub(super) outbox: Arc<Outbox>,
     pub(super) reader: AbortHandle,
@@ -254,7 +256,7 @@ fn decode_buffered<R: AsyncRead + Unpin>(
 pub(super) async fn serve_client<R: AsyncRead + Send + Unpin + 'static>(
     reader: FrameReader<R>,
     name: String,
-    peer: SocketAddr,
+    (peer, transport): (SocketAddr, Transport),
     calls: CallRunner,
     ctx: Arc<PeerCtx>,
     permit: OwnedSemaphorePermit,
@@ -270,10 +272,11 @@ pub(super) async fn serve_client<R: AsyncRead + Send + Unpin + 'static>(
         peer,
         permit,
     ));
-    log::info!("task client {name:?} connected from {peer}");
+    log::info!("task client {name:?} connected from {transport}://{peer}");
     let joined = ClientJoined {
         name,
         peer,
+        transport,
         max_frame,
         outbox,
         reader: task.abort_handle(),

@@ -15,6 +15,7 @@ use colony_core::{JobId, TaskId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::Control;
+use super::{ClientInfo, WorkerInfo};
 
 /// A call on a [`ServerHandle`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,10 @@ pub struct ServerStatus {
     pub jobs: Vec<JobInfo>,
     /// Workers connected now.
     pub workers: usize,
+    /// Each connected worker, in join order.
+    pub worker_list: Vec<WorkerInfo>,
+    /// Each connected task client.
+    pub clients: Vec<ClientInfo>,
 }
 
 /// Why the engine stopped, shared with every handle.

@@ -26,6 +26,12 @@
 //!   with its address; nothing else is disturbed. A worker that disconnects is removed at once
 //!   and its leases go back to the queue.
 //!
+//! One port carries everything: the Colony protocol over TCP, over TLS
+//! ([`ServerConfig::tls`]) and over WebSocket (plain or TLS), told apart by their first bytes,
+//! and the monitor's HTTP (a live page at `/`, `/api/status`, `/metrics`; open on loopback,
+//! behind the [`monitor_token`] elsewhere). Every Colony connection, whatever its transport,
+//! passes the same authenticated handshake.
+//!
 //! Remote calls (`execute`): a peer's `Call` is handled by its connection's reader, never the
 //! engine. The function ([`ServerConfig::call_handler`]) runs on a blocking thread and its
 //! `CallReturn` or `CallError` goes straight into that connection's outbox, so a slow function
@@ -33,7 +39,10 @@
 
 mod client;
 mod engine;
+mod front;
 mod handle;
+mod info;
+mod monitor;
 mod outbox;
 mod peer;
 
@@ -51,9 +60,12 @@ use tokio::sync::mpsc;
 pub use client::{ClientLimits, KINDS_CALL};
 pub use colony_core::sched::{Created, Progress};
 pub use handle::{HandleError, JobInfo, ServerHandle, ServerStatus};
+pub use info::{ClientInfo, WorkerInfo};
+pub use monitor::monitor_token;
 
 use crate::logfile::{GroupCommit, OpenLogError, Recovery, open_log};
 use crate::secret::Secret;
+use crate::tls::{ServerTls, TlsError};
 
 /// The default port of a Colony server.
 pub const DEFAULT_PORT: u16 = 7878;
@@ -89,6 +101,9 @@ pub struct ServerConfig {
     max_outstanding: u32,
     calls: Option<Calls>,
     clients: ClientLimits,
+    /// Certificate and key files, loaded by `Server::bind`.
+    tls: Option<(PathBuf, PathBuf)>,
+    plain: front::Plain,
 }
 
 impl ServerConfig {
@@ -110,6 +125,8 @@ impl ServerConfig {
             max_outstanding: 65_536,
             calls: None,
             clients: ClientLimits::default(),
+            tls: None,
+            plain: front::Plain::Allowed,
         }
     }
 
@@ -195,6 +212,26 @@ impl ServerConfig {
         self.clients
     }
 
+    /// Accepts TLS (`tls://`, `wss://`, `https://` for the monitor) on the same port, with this
+    /// PEM certificate chain and private key (loaded by [`Server::bind`]). Plain connections
+    /// are still served unless [`require_tls`](Self::require_tls) is set.
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Refuses plain-text connections (Colony and HTTP alike): only TLS is served. Needs
+    /// [`tls`](Self::tls).
+    pub fn require_tls(mut self) -> Self {
+        self.plain = front::Plain::Refused;
+        self
+    }
+
+    /// The certificate and key files, if TLS is on.
+    pub fn tls_files(&self) -> Option<(&Path, &Path)> {
+        self.tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))
+    }
+
     /// The address to listen on.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
@@ -237,6 +274,9 @@ pub enum BindError {
     /// The group-commit thread could not be started.
     #[error("cannot start the checkpoint writer thread: {0}")]
     Thread(io::Error),
+    /// The TLS certificate or key could not be used, or TLS is required without them.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl BindError {
@@ -293,6 +333,21 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(ServerTls::from_pem_files(cert, key)?),
+            None if config.plain == front::Plain::Refused => {
+                return Err(TlsError::Config(tokio_rustls::rustls::Error::General(
+                    "TLS is required but no certificate and key were given".into(),
+                ))
+                .into());
+            }
+            None => None,
+        };
+        let serves = match (&tls, config.plain) {
+            (None, _) => "tcp, ws, http",
+            (Some(_), front::Plain::Allowed) => "tcp, tls, ws, wss, http, https",
+            (Some(_), front::Plain::Refused) => "tls, wss, https only",
+        };
         let sched_config = SchedConfig::default()
             .lease_duration(config.lease.into())
             .max_outstanding(config.max_outstanding);
@@ -341,12 +396,23 @@ impl Server {
             log.as_ref().map(GroupCommit::fsync_counter),
             Arc::clone(&stop),
         );
+        let front = Arc::new(front::Front {
+            monitor: monitor::Monitor::new(
+                handle.clone(),
+                &config.secret,
+                local_addr.ip().is_loopback(),
+                tls.is_some(),
+            ),
+            tls,
+            plain: config.plain,
+        });
         Ok(BoundServer {
             listener,
             local_addr,
+            serves,
             handle,
             recovery,
-            engine: engine::Engine::new(sched, Arc::new(config), log, control_rx, stop),
+            engine: engine::Engine::new(sched, Arc::new(config), log, control_rx, stop, front),
         })
     }
 }
@@ -365,6 +431,8 @@ fn listen(addr: SocketAddr) -> io::Result<StdTcpListener> {
 pub struct BoundServer {
     listener: StdTcpListener,
     local_addr: SocketAddr,
+    /// The transports served, for the log.
+    serves: &'static str,
     handle: ServerHandle,
     recovery: Option<Recovery>,
     engine: engine::Engine,
@@ -403,7 +471,11 @@ impl BoundServer {
     pub async fn run(self) -> Result<(), ServerError> {
         let listener =
             tokio::net::TcpListener::from_std(self.listener).map_err(ServerError::Listen)?;
-        log::info!("colony server listening on {}", self.local_addr);
+        log::info!(
+            "colony server listening on {} ({}; the monitor page at /)",
+            self.local_addr,
+            self.serves
+        );
         self.engine.run(listener).await
     }
 

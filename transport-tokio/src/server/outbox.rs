@@ -127,7 +127,13 @@ impl Outbox {
                 inner.closing
             };
             if !spare.is_empty() {
-                if let Err(e) = io.write_all(&spare).await {
+                // Flushing matters on TLS and WebSocket streams, which buffer what they are
+                // given; on TCP it does nothing.
+                let written = match io.write_all(&spare).await {
+                    Ok(()) => io.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     log::debug!("write failed: {e}");
                     self.lock().dead = true;
                     return;

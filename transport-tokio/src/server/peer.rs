@@ -23,13 +23,14 @@ use colony_core::proto::{
 };
 use colony_core::{JobId, WorkerId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::CallHandler;
 use super::engine::{Event, In, Joined};
 use super::outbox::Outbox;
 use crate::conn::{ConnError, FrameReader, FramedConn};
+use crate::net::Transport;
 use crate::secret::Secret;
 
 /// Spare room given to a reader's next buffer after it hands its frames to the engine.
@@ -56,6 +57,8 @@ pub(super) struct PeerCtx {
     pub(super) calls: Option<CallHandler>,
     pub(super) events: mpsc::Sender<Event>,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// What else arrives on the port: TLS, HTTP (the monitor), WebSocket.
+    pub(super) front: Arc<super::front::Front>,
 }
 
 /// Accepts connections for ever (the engine aborts this task on shutdown).
@@ -67,7 +70,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Arc<PeerCtx>) {
                 let _ = stream.set_nodelay(true);
                 match Arc::clone(&limit).try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(serve_tcp(stream, peer, Arc::clone(&ctx), permit));
+                        tokio::spawn(super::front::route(stream, peer, Arc::clone(&ctx), permit));
                     }
                     Err(_) => {
                         log::warn!(
@@ -225,7 +228,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// Writes what is queued, shuts the write side down, then reads and discards for a moment so
 /// the peer reads our last frame before the socket closes (closing with unread input would
 /// reset the connection and might destroy it).
-async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(conn: FramedConn<S>) {
+pub(super) async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(conn: FramedConn<S>) {
     let (reader, mut writer) = conn.split_with(tokio::io::split);
     let _ = tokio::time::timeout(LINGER_CLOSE, writer.shutdown()).await;
     drain(reader.into_inner()).await;
@@ -245,12 +248,19 @@ pub(super) async fn drain<R: AsyncRead + Unpin>(mut io: R) {
     .await;
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// Serves one Colony connection on any byte stream, `split` into halves for its reader and
+/// writer tasks once the handshake is done.
+pub(super) async fn serve_stream<S, R, W>(
+    stream: S,
+    split: fn(S) -> (R, W),
+    (peer, transport): (SocketAddr, Transport),
     ctx: Arc<PeerCtx>,
     permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let mut conn = FramedConn::new(stream);
     let admitted =
         match tokio::time::timeout(ctx.handshake_timeout, handshake(&mut conn, &ctx)).await {
@@ -280,7 +290,7 @@ async fn serve_tcp(
             }
         };
     let max_frame = conn.max_frame();
-    let (reader, writer) = conn.into_tcp_split();
+    let (reader, writer) = conn.split_with(split);
     let outbox = Arc::new(Outbox::new(ctx.outbox_cap));
     let writer = {
         let outbox = Arc::clone(&outbox);
@@ -295,7 +305,8 @@ async fn serve_tcp(
             platform,
         } => {
             log::info!(
-                "worker {name:?} joined from {peer} ({platform:?}, {slots} slots, kinds {kinds:?})"
+                "worker {name:?} joined from {transport}://{peer} ({platform:?}, {slots} slots, \
+                 kinds {kinds:?})"
             );
             let (reply, id) = oneshot::channel();
             let reader = tokio::spawn(read_worker(
@@ -309,6 +320,9 @@ async fn serve_tcp(
             let joined = Joined {
                 name,
                 kinds,
+                platform,
+                slots,
+                transport,
                 peer,
                 max_frame,
                 outbox,
@@ -331,7 +345,15 @@ async fn serve_tcp(
                 heartbeat_ms: ctx.heartbeat_ms,
             }));
             let calls = CallRunner::new(&ctx, &outbox, max_frame);
-            super::client::serve_client(reader, name, peer, calls, Arc::clone(&ctx), permit).await;
+            super::client::serve_client(
+                reader,
+                name,
+                (peer, transport),
+                calls,
+                Arc::clone(&ctx),
+                permit,
+            )
+            .await;
             let _ = writer.await;
         }
         Admitted::Observer => {

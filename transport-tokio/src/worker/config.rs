@@ -14,6 +14,7 @@ use colony_core::proto::{DEFAULT_MAX_FRAME, Platform};
 use super::shutdown::ShutdownToken;
 use super::stats::WorkerStats;
 use crate::secret::Secret;
+use crate::tls::ClientTls;
 
 /// The most leases (running plus prefetched) one std worker holds at once.
 pub const MAX_CREDIT: u32 = 4096;
@@ -48,8 +49,11 @@ pub enum OnJobEnd {
 /// `with_*` methods.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// `host:port`, resolved again on every connection attempt.
+    /// A URL of [`crate::net::Endpoint::parse`] (`host:port`, `tls://`, `ws://`, `wss://`),
+    /// resolved again on every connection attempt.
     addr: String,
+    /// What to trust for `tls://` and `wss://`.
+    tls: Option<ClientTls>,
     secret: Secret,
     name: String,
     kinds: Vec<String>,
@@ -69,7 +73,9 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// A worker for the server at `addr` (`host:port`) that proves `secret`.
+    /// A worker for the server at `addr` that proves `secret`. `addr` is `host:port` (TCP) or a
+    /// URL: `tls://host:port`, `ws://host:port/path`, `wss://host:port/path` (TLS needs
+    /// [`WorkerConfig::with_tls`]).
     ///
     /// Defaults: named `hostname-pid`; no task kinds (add them with
     /// [`WorkerConfig::with_kinds`]); one slot per core
@@ -82,6 +88,7 @@ impl WorkerConfig {
             .min(MAX_CREDIT / 2);
         WorkerConfig {
             addr: addr.into(),
+            tls: None,
             secret,
             name: default_name(),
             kinds: Vec::new(),
@@ -96,6 +103,14 @@ impl WorkerConfig {
             shutdown: ShutdownToken::new(),
             stats: Arc::new(WorkerStats::new()),
         }
+    }
+
+    /// Sets what the worker trusts when `addr` is `tls://` or `wss://` (a CA file or a pinned
+    /// certificate).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sets the name the server shows for this worker.
@@ -201,6 +216,11 @@ impl WorkerConfig {
     /// The server's address.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The TLS settings, if any.
+    pub fn tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
     }
 
     /// The worker's name.

@@ -133,6 +133,18 @@ pub enum WorkerError {
         /// The server's detail text.
         detail: String,
     },
+    /// The server address is not a valid URL (see [`crate::net::Endpoint::parse`]).
+    #[error("worker configuration: {0}")]
+    Address(#[from] crate::net::EndpointError),
+    /// Connecting failed in a way retrying cannot mend: TLS without settings, an untrusted or
+    /// mismatched certificate.
+    #[error("cannot reach the server at {addr}: {source}")]
+    Connect {
+        /// The server's address.
+        addr: String,
+        /// What failed.
+        source: crate::net::ConnectError,
+    },
     /// The OS's random source failed (handshake nonces need it).
     #[error("no random numbers for the handshake: {0}")]
     Random(String),

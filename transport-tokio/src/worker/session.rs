@@ -1,19 +1,23 @@
-//! The connection loop: one tokio task owns the socket and the core's worker state machine, and
+//! The connection loop: one tokio task owns the stream and the core's worker state machine, and
 //! does what the machine asks (connect, send, close, sleep until its next deadline).
 //!
 //! Invariants:
 //! - No protocol decision is taken here: handshake, credit, heartbeats, lease bookkeeping and
 //!   backoff are the core's; this loop moves bytes and time, and runs tasks.
 //! - Bytes go out in the order the machine produced them (answers before the credit they free),
-//!   through one buffer written with non-blocking writes, so reading never waits on writing.
+//!   through one buffer written as the stream takes it (and flushed, for TLS and WebSocket), so
+//!   reading never waits on writing. The stream is any transport of [`crate::net`].
 //! - The server counts as lost only after `server_lost_after` without a welcomed connection,
 //!   measured from the moment the last welcomed connection ended (or from the start).
 //! - Leases never outlive their connection: on disconnect the queue is emptied and answers of
 //!   the old connection are dropped by the machine (its tickets are fenced).
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use colony_core::proto::{ErrorCode, HANDSHAKE_MAX_FRAME, HEADER_LEN, HandshakeError, Nonce};
@@ -22,7 +26,7 @@ use colony_core::worker::{
     WorkerError as ProtocolError,
 };
 use colony_core::{Instant as CoreInstant, LeaseId};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -32,6 +36,7 @@ use super::pool::{Item, Pool};
 use super::shutdown::ShutdownToken;
 use super::stats::WorkerStats;
 use super::{WorkerError, WorkerExit};
+use crate::net::{self, Endpoint, Stream};
 
 /// The core state machine's lease capacity.
 pub(super) const CAPACITY: usize = MAX_CREDIT as usize;
@@ -113,6 +118,7 @@ impl<H: Handler> Driver<'_, H> {
     pub(super) async fn run(mut self) -> Result<WorkerExit, WorkerError> {
         let shutdown = self.config.shutdown_token();
         let addr = self.config.addr();
+        let endpoint = Endpoint::parse(addr)?;
         let mut lost = Lost {
             since: Instant::now(),
             after: self.config.server_lost_after(),
@@ -146,12 +152,19 @@ impl<H: Handler> Driver<'_, H> {
             if Instant::now() >= lost.deadline() {
                 return Err(lost.error(addr));
             }
+            let connecting = net::connect(&endpoint, self.config.tls());
             let attempt = tokio::select! {
-                r = tokio::time::timeout_at(lost.deadline(), TcpStream::connect(addr)) => r,
+                r = tokio::time::timeout_at(lost.deadline(), connecting) => r,
                 () = shutdown.wait() => return Ok(WorkerExit::Shutdown),
             };
-            let stream = match attempt {
+            let mut stream = match attempt {
                 Ok(Ok(stream)) => stream,
+                Ok(Err(err)) if err.is_permanent() => {
+                    return Err(WorkerError::Connect {
+                        addr: addr.to_owned(),
+                        source: err,
+                    });
+                }
                 Ok(Err(err)) => {
                     log::debug!("worker: cannot connect to {addr}: {err}");
                     lost.last_error = format!("cannot connect: {err}");
@@ -164,11 +177,8 @@ impl<H: Handler> Driver<'_, H> {
                     continue;
                 }
             };
-            if let Err(err) = stream.set_nodelay(true) {
-                log::debug!("worker: cannot set TCP_NODELAY: {err}");
-            }
             self.sm.connected(self.clock.now(), nonce()?);
-            let end = self.session(&stream, &lost, &shutdown).await;
+            let end = self.session(&mut stream, &lost, &shutdown).await;
             drop(stream);
             self.connection_ended();
             match end {
@@ -186,7 +196,7 @@ impl<H: Handler> Driver<'_, H> {
     }
 
     /// Serves one connection until it ends.
-    async fn session(&mut self, stream: &TcpStream, lost: &Lost, shutdown: &ShutdownToken) -> End {
+    async fn session(&mut self, stream: &mut Stream, lost: &Lost, shutdown: &ShutdownToken) -> End {
         let mut recv = RecvBuf::new();
         self.out.clear();
         let mut welcomed = false;
@@ -211,7 +221,7 @@ impl<H: Handler> Driver<'_, H> {
                 return self.classify(reason, welcomed);
             }
             self.transmit(now);
-            if let Err(err) = self.out.write_to(stream) {
+            if let Err(err) = self.out.write_now(stream) {
                 return End::Lost {
                     welcomed,
                     reason: format!("write failed: {err}"),
@@ -225,28 +235,18 @@ impl<H: Handler> Driver<'_, H> {
                 timer.as_mut().reset(wake);
             }
             tokio::select! {
-                ready = stream.readable() => {
-                    if let Err(err) = ready {
-                        return End::Lost { welcomed, reason: format!("read failed: {err}") };
+                io = transfer(stream, &mut recv, &mut self.out) => match io {
+                    Ok(0) => {
+                        return End::Lost {
+                            welcomed,
+                            reason: "the server closed the connection".to_owned(),
+                        };
                     }
-                    match recv.read_from(stream) {
-                        Ok(Some(0)) => {
-                            return End::Lost {
-                                welcomed,
-                                reason: "the server closed the connection".to_owned(),
-                            };
-                        }
-                        Ok(_) => self.handle_input(&mut recv, &mut welcomed),
-                        Err(err) => {
-                            return End::Lost { welcomed, reason: format!("read failed: {err}") };
-                        }
+                    Ok(_) => self.handle_input(&mut recv, &mut welcomed),
+                    Err(err) => {
+                        return End::Lost { welcomed, reason: format!("connection failed: {err}") };
                     }
-                }
-                ready = stream.writable(), if self.out.has_pending() => {
-                    if let Err(err) = ready.and_then(|()| self.out.write_to(stream)) {
-                        return End::Lost { welcomed, reason: format!("write failed: {err}") };
-                    }
-                }
+                },
                 () = notified(waker.as_deref()) => {}
                 () = &mut timer => {}
                 () = shutdown.wait(), if !leaving => {
@@ -600,6 +600,8 @@ pub(super) struct OutBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes were written since the stream was last flushed (TLS and WebSocket streams buffer).
+    unflushed: bool,
 }
 
 impl OutBuf {
@@ -608,16 +610,23 @@ impl OutBuf {
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
+            unflushed: false,
         }
     }
 
     fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
+        self.unflushed = false;
     }
 
     fn has_pending(&self) -> bool {
         self.end > self.start
+    }
+
+    /// Whether bytes wait to be written or flushed.
+    fn busy(&self) -> bool {
+        self.has_pending() || self.unflushed
     }
 
     /// At least `min` writable bytes after the pending ones.
@@ -637,35 +646,66 @@ impl OutBuf {
         self.end = (self.end + n).min(self.buf.len());
     }
 
-    /// Writes what the socket takes now.
-    fn write_to(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+    /// Writes and flushes what the stream takes: ready once nothing is left, pending (with
+    /// `cx` woken when it may take more) otherwise.
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
         while self.has_pending() {
             let pending = self.buf.get(self.start..self.end).unwrap_or_default();
-            match stream.try_write(pending) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            match ready!(Pin::new(&mut *stream).poll_write(cx, pending)) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.start += n;
+                    self.unflushed = true;
                     if self.start == self.end {
-                        self.clear();
+                        self.start = 0;
+                        self.end = 0;
                     }
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(err) => return Err(err),
+                Err(err) => return Poll::Ready(Err(err)),
             }
         }
-        Ok(())
+        if self.unflushed {
+            ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes what the stream takes now, without waiting.
+    fn write_now<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_write(stream, &mut cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
     }
 
     /// Writes everything pending, waiting as needed.
-    async fn flush(&mut self, stream: &TcpStream) -> std::io::Result<()> {
-        loop {
-            self.write_to(stream)?;
-            if !self.has_pending() {
-                return Ok(());
-            }
-            stream.writable().await?;
-        }
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        poll_fn(|cx| self.poll_write(stream, cx)).await
     }
+}
+
+/// Writes what `out` holds as the stream takes it, and reads into `recv`: returns the bytes
+/// read (0 at the end of the stream).
+async fn transfer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    recv: &mut RecvBuf,
+    out: &mut OutBuf,
+) -> std::io::Result<usize> {
+    poll_fn(|cx| {
+        if out.busy()
+            && let Poll::Ready(Err(err)) = out.poll_write(stream, cx)
+        {
+            return Poll::Ready(Err(err));
+        }
+        recv.poll_read(stream, cx)
+    })
+    .await
 }
 
 /// Bytes received and not yet handled.
@@ -716,8 +756,12 @@ impl RecvBuf {
         }
     }
 
-    /// Reads what the socket has: `Some(0)` at end of stream, `None` if nothing was there.
-    fn read_from(&mut self, stream: &TcpStream) -> std::io::Result<Option<usize>> {
+    /// Reads what the stream has: 0 bytes at its end.
+    fn poll_read<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
         if self.end == self.buf.len() {
             self.compact();
             if self.end == self.buf.len() {
@@ -725,14 +769,10 @@ impl RecvBuf {
                 self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        let free = self.buf.get_mut(self.end..).unwrap_or_default();
-        match stream.try_read(free) {
-            Ok(n) => {
-                self.end += n;
-                Ok(Some(n))
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
-            Err(err) => Err(err),
-        }
+        let mut free = ReadBuf::new(self.buf.get_mut(self.end..).unwrap_or_default());
+        ready!(Pin::new(stream).poll_read(cx, &mut free))?;
+        let n = free.filled().len();
+        self.end += n;
+        Poll::Ready(Ok(n))
     }
 }

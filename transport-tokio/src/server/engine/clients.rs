@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use colony_core::proto::{
     BatchBuf, Edge, ErrorCode, JobOutcome, JobSpec, Message, decode_message, encode_frame_into,
@@ -26,6 +27,8 @@ use colony_core::{JobId, Lsn, TaskId, WorkerId};
 use tokio::task::AbortHandle;
 
 use super::Engine;
+use crate::net::Transport;
+use crate::server::ClientInfo;
 use crate::server::client::{
     ClientEvent, ClientId, ClientIn, ClientJoined, ClientLimits, KINDS_CALL,
 };
@@ -39,6 +42,9 @@ const RESULT_OVERHEAD: usize = 32;
 struct ClientConn {
     name: String,
     peer: SocketAddr,
+    transport: Transport,
+    /// When it connected (for the monitor).
+    since: SystemTime,
     max_frame: u32,
     outbox: Arc<Outbox>,
     /// Frames for this client produced this turn.
@@ -145,6 +151,22 @@ pub(in crate::server) struct Clients {
 }
 
 impl Clients {
+    /// Every connected client, for a status report.
+    pub(super) fn infos(&self) -> Vec<ClientInfo> {
+        self.conns
+            .iter()
+            .flatten()
+            .map(|c| ClientInfo {
+                name: c.name.clone(),
+                address: c.peer,
+                transport: c.transport,
+                in_flight: c.in_flight,
+                jobs: c.jobs.len(),
+                connected_since: c.since,
+            })
+            .collect()
+    }
+
     pub(in crate::server) fn new(limits: ClientLimits) -> Self {
         Clients {
             conns: Vec::new(),
@@ -352,6 +374,8 @@ impl Engine {
         self.clients.conns.push(Some(ClientConn {
             name: joined.name,
             peer: joined.peer,
+            transport: joined.transport,
+            since: SystemTime::now(),
             max_frame: joined.max_frame,
             outbox: joined.outbox,
             staged: Vec::new(),

@@ -125,6 +125,8 @@ impl Engine {
                 let _ = reply.send(ServerStatus {
                     jobs,
                     workers: self.live_workers,
+                    worker_list: self.worker_infos(),
+                    clients: self.client_infos(),
                 });
             }
             Command::Shutdown { reply } => self.shutdown_waiters.push(reply),

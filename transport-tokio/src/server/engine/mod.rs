@@ -22,12 +22,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration as StdDuration, Instant as StdInstant};
+use std::time::{Duration as StdDuration, Instant as StdInstant, SystemTime};
 
 use colony_core::proto::{
-    BatchBuf, ErrorCode, JobOutcome, LeaseGrant, Message, Retry, Welcome, encode_frame_into,
+    BatchBuf, ErrorCode, JobOutcome, LeaseGrant, Message, Platform, Retry, Welcome,
+    encode_frame_into,
 };
-use colony_core::sched::{Action, CreateJobError, Created, ProtocolError, Scheduler};
+use colony_core::sched::{Action, Answer, CreateJobError, Created, ProtocolError, Scheduler};
 use colony_core::{Attempt, Instant, JobId, LeaseId, Lsn, TaskId, WorkerId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,12 +36,15 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 mod clients;
 mod commands;
+mod info;
 
+use super::front::Front;
 use super::handle::{Command, StopState};
 use super::outbox::Outbox;
 use super::peer::{self, PeerCtx};
 use super::{Progress, ServerConfig, ServerError};
 use crate::logfile::{Flushed, GroupCommit};
+use crate::net::Transport;
 
 /// Capacity of the queue from connection readers to the engine, in batches.
 pub(super) const EVENT_QUEUE: usize = 1024;
@@ -98,6 +102,9 @@ pub(super) enum Event {
 pub(super) struct Joined {
     pub(super) name: String,
     pub(super) kinds: Vec<String>,
+    pub(super) platform: Platform,
+    pub(super) slots: u32,
+    pub(super) transport: Transport,
     pub(super) peer: SocketAddr,
     pub(super) max_frame: u32,
     pub(super) outbox: Arc<Outbox>,
@@ -136,6 +143,16 @@ impl In {
 struct WorkerConn {
     name: String,
     peer: SocketAddr,
+    /// What it announced and how it came, for status reports.
+    platform: Platform,
+    slots: u32,
+    kinds: Vec<String>,
+    transport: Transport,
+    since: SystemTime,
+    last_heartbeat: Option<StdInstant>,
+    /// Completions and failures it sent that the scheduler accepted.
+    done: u64,
+    failed: u64,
     max_frame: u32,
     outbox: Arc<Outbox>,
     /// Frames for this worker produced this turn.
@@ -199,6 +216,8 @@ pub(super) struct Engine {
     creating: Vec<Creating>,
     /// Task clients, their jobs and their pending replies.
     clients: clients::Clients,
+    /// TLS, the monitor and the WebSocket upgrade, for every connection.
+    front: Arc<Front>,
 }
 
 /// A `create_job` answer waiting for its records to be durable.
@@ -216,6 +235,7 @@ impl Engine {
         log: Option<GroupCommit>,
         control: mpsc::UnboundedReceiver<Control>,
         stop: Arc<StopState>,
+        front: Arc<Front>,
     ) -> Self {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (shutdown, _) = watch::channel(false);
@@ -243,6 +263,7 @@ impl Engine {
             oversized: Vec::new(),
             creating: Vec::new(),
             clients,
+            front,
         }
     }
 
@@ -271,6 +292,7 @@ impl Engine {
             calls: config.calls.as_ref().map(|c| c.0.clone()),
             events: self.events_tx.clone(),
             shutdown: self.shutdown.subscribe(),
+            front: Arc::clone(&self.front),
         });
         let acceptor = tokio::spawn(peer::accept_loop(listener, ctx));
 
@@ -646,6 +668,14 @@ impl Engine {
         let mut conn = WorkerConn {
             name: joined.name,
             peer: joined.peer,
+            platform: joined.platform,
+            slots: joined.slots,
+            kinds: joined.kinds,
+            transport: joined.transport,
+            since: SystemTime::now(),
+            last_heartbeat: None,
+            done: 0,
+            failed: 0,
             max_frame: joined.max_frame,
             outbox: joined.outbox,
             staged: Vec::new(),
@@ -691,17 +721,19 @@ impl Engine {
             return;
         }
         let now = self.now();
+        let (mut done, mut failed, mut beat) = (0, 0, false);
         for item in items {
             let result = match item {
                 In::Credit(count) => self.sched.credit(worker, count),
                 In::Heartbeat => {
                     self.sched.heartbeat(now, worker);
+                    beat = true;
                     Ok(())
                 }
                 In::Complete { lease, output } => self
                     .sched
                     .complete(worker, lease, chunk.get(output).unwrap_or_default())
-                    .map(drop),
+                    .map(|answer| done += u64::from(answer == Answer::Accepted)),
                 In::Fail {
                     lease,
                     retry,
@@ -711,7 +743,9 @@ impl Engine {
                         .get(error)
                         .and_then(|b| std::str::from_utf8(b).ok())
                         .unwrap_or("(unreadable error text)");
-                    self.sched.fail(worker, lease, retry, text).map(drop)
+                    self.sched
+                        .fail(worker, lease, retry, text)
+                        .map(|answer| failed += u64::from(answer == Answer::Accepted))
                 }
                 In::Goodbye => {
                     self.remove_worker(worker, Removal::Goodbye);
@@ -754,6 +788,13 @@ impl Engine {
                     );
                     return;
                 }
+            }
+        }
+        if let Some(Some(conn)) = self.workers.get_mut(worker.0 as usize) {
+            conn.done += done;
+            conn.failed += failed;
+            if beat {
+                conn.last_heartbeat = Some(StdInstant::now());
             }
         }
     }
