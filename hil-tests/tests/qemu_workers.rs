@@ -379,3 +379,74 @@ async fn one_emulated_board_runs_thousands_of_tiny_tasks_a_second() {
     assert!(rate > 500.0, "{rate:.0} tasks/s");
     handle.shutdown().await.unwrap();
 }
+
+/// A proxy between the board and the server that misbehaves: its first connection answers the
+/// board's hello with garbage, its second is cut in the middle of the job, the rest pass.
+async fn faulty_proxy(listener: tokio::net::TcpListener, server: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for n in 0.. {
+        let Ok((mut board, _)) = listener.accept().await else {
+            return;
+        };
+        match n {
+            0 => {
+                let mut hello = [0u8; 64];
+                let _ = board.read(&mut hello).await;
+                // A frame header claiming 4 bytes, a wrong checksum, then the 4 bytes.
+                let _ = board
+                    .write_all(&[4, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
+                    .await;
+                let mut rest = Vec::new();
+                let _ = board.read_to_end(&mut rest).await;
+            }
+            1 => {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                // Pass 4 KB from the server (the handshake and a few hundred grants), then drop
+                // both ends with no goodbye.
+                let (mut from_board, mut to_board) = board.split();
+                let (mut from_server, mut to_server) = upstream.split();
+                let up = tokio::io::copy(&mut from_board, &mut to_server);
+                let mut limited = (&mut from_server).take(4096);
+                let down = tokio::io::copy(&mut limited, &mut to_board);
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            }
+            _ => {
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut board, &mut upstream).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_survives_a_bad_frame_and_a_cut_link() {
+    let _turn = TURN.lock().await;
+    let mut fleet = Fleet::new();
+    let firmware = qemu_mps2().await;
+    let (handle, addr) = start_server(ServerConfig::new(secret()));
+    let total = 20_000u32;
+    let inputs = inputs(total, 3);
+    let job = create(&handle, "hil-faults", &inputs).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let proxy = tokio::spawn(faulty_proxy(listener, addr));
+    let elf = firmware.thumbv6m.clone();
+    fleet.boot(&elf, port, "mcu-faults");
+
+    check_outputs(&handle, job, &inputs).await;
+    let reports = fleet.finish(None).await;
+    assert!(
+        reports[0].sessions >= 3,
+        "the board should have connected three times (garbage, cut, whole): {reports:?}"
+    );
+    proxy.abort();
+    handle.shutdown().await.unwrap();
+}

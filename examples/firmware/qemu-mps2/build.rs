@@ -14,6 +14,7 @@ fn main() {
         "COLONY_SLOTS",
         "COLONY_MAX_FRAME",
         "COLONY_IP",
+        "COLONY_GATEWAY",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }

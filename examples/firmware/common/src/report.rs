@@ -1,4 +1,4 @@
-//! The one-line summary the firmware prints to the host when it ends (QEMU's standard error,
+//! The one-line summary a firmware prints when it ends (under QEMU: on its standard error,
 //! through semihosting), for test harnesses that do not decode defmt:
 //!
 //! `colony-report name=<name> job=<id> answered=<tasks> sessions=<connections>`
@@ -7,6 +7,12 @@
 pub struct Line {
     buf: [u8; 128],
     len: usize,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line::new()
+    }
 }
 
 impl Line {

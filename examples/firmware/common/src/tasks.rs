@@ -1,4 +1,8 @@
-//! The task kinds this firmware runs: pure functions from input bytes to output bytes.
+//! The task kinds the example boards run: pure functions from input bytes to output bytes.
+//!
+//! A host worker that shares a job with the boards must compute the same bytes: `crc32c` is
+//! the CRC-32C (Castagnoli) of the input as 4 bytes little-endian, `reverse` the input's bytes
+//! in reverse order.
 
 use colony_core::worker::TaskError;
 use colony_embassy::{TaskKind, kind_names};
@@ -13,7 +17,10 @@ pub static KINDS: [TaskKind; 2] = [
 pub static NAMES: [&str; 2] = kind_names(&KINDS);
 
 /// The CRC-32C (Castagnoli) of the input, as 4 bytes little-endian.
-fn crc32c(input: &[u8], output: &mut [u8]) -> Result<usize, TaskError<'static>> {
+///
+/// # Errors
+/// If `output` is shorter than 4 bytes.
+pub fn crc32c(input: &[u8], output: &mut [u8]) -> Result<usize, TaskError<'static>> {
     let out = output
         .get_mut(..4)
         .ok_or(TaskError::permanent("output buffer too small"))?;
@@ -22,7 +29,10 @@ fn crc32c(input: &[u8], output: &mut [u8]) -> Result<usize, TaskError<'static>> 
 }
 
 /// The input's bytes in reverse order.
-fn reverse(input: &[u8], output: &mut [u8]) -> Result<usize, TaskError<'static>> {
+///
+/// # Errors
+/// If `output` is shorter than the input.
+pub fn reverse(input: &[u8], output: &mut [u8]) -> Result<usize, TaskError<'static>> {
     let out = output
         .get_mut(..input.len())
         .ok_or(TaskError::permanent("input longer than the output buffer"))?;

@@ -10,9 +10,7 @@
 
 #[macro_use]
 mod fmt;
-mod report;
 mod settings;
-mod tasks;
 
 use board_qemu_mps2::exit::{cmdline, exit, report};
 use board_qemu_mps2::rng::TimerNoise;
@@ -23,8 +21,9 @@ use colony_embassy::{Buffers, TcpLink, Until, Worker, rx_len, tx_len};
 use embassy_executor::Spawner;
 use embassy_net::{Ipv4Address, Ipv4Cidr, Runner, Stack, StackResources, StaticConfigV4};
 
+use firmware_common::report::Line;
+use firmware_common::tasks::{KINDS, NAMES};
 use settings::{GATEWAY, IP, MAX_FRAME, SECRET, SLOTS, Settings};
-use tasks::{KINDS, NAMES};
 
 board_qemu_mps2::interrupts!();
 
@@ -114,7 +113,7 @@ async fn work(stack: Stack<'static>, settings: Settings, mut rng: TimerNoise) {
         stats.sessions()
     );
     report(
-        report::Line::new()
+        Line::new()
             .text("colony-report name=")
             .text(settings.name)
             .text(" job=")

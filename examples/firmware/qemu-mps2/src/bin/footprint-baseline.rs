@@ -37,7 +37,11 @@ fn main() -> ! {
         }
     };
     let settings = Settings::new(cmdline(CMDLINE));
-    info!("{=str}: lan9118 id {=u32:#x}", settings.name, board.eth.id_rev());
+    info!(
+        "{=str}: lan9118 id {=u32:#x}",
+        settings.name,
+        board.eth.id_rev()
+    );
     let mut rng = TimerNoise::new(settings.name.as_bytes());
     let mut seed = [0u8; 8];
     rng.fill_bytes(&mut seed);
