@@ -5,15 +5,18 @@
 #   examples/firmware/footprint.sh            # builds what is missing, then measures
 #   examples/firmware/footprint.sh --no-build # measures the ELFs already built
 #
-# flash      = .text + .rodata + .data's load image (+ vector table): what is written to flash
-# static RAM = .data + .bss: RAM in use before the first function runs (stacks come on top;
-#              every embassy task's future is in .bss)
+# flash      = every allocated section with contents (code, constants, .data's initial image,
+#              vector table, boot loader stage 2, app descriptor): what is written to flash
+# static RAM = every allocated writable section (.data, .bss, and on the ESP32-C3 the radio
+#              driver's heap): RAM in use before the first function runs. Stacks come on top;
+#              every embassy task's future is in .bss. (The ESP32-C3 also runs ~40 KB of code
+#              from IRAM, not counted here.)
 # colony (symbols) = code and constants in functions of colony_core and colony_embassy that
 #              survived inlining: a lower bound
 # colony (delta)   = the firmware minus `footprint-baseline`, the same firmware with the worker
 #              replaced by a TCP echo loop: code inlined into embassy's tasks included (QEMU only)
 #
-# Uses `size` and `nm` from binutils, or llvm-size/llvm-nm (PATH or rustup's llvm-tools).
+# Uses `readelf` and `nm` from binutils, or llvm-readelf/llvm-nm (PATH or rustup's llvm-tools).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -32,10 +35,10 @@ find_tool() {
     llvm="$(find "$sysroot/lib/rustlib" -name "llvm-${1#llvm-}" -path '*/bin/*' 2>/dev/null | head -n 1)"
     [[ -n "$llvm" ]] && echo "$llvm"
 }
-SIZE="$(find_tool size llvm-size)"
+READELF="$(find_tool readelf llvm-readelf)"
 NM="$(find_tool nm llvm-nm)"
-[[ -n "$SIZE" && -n "$NM" ]] || {
-    echo "need size and nm (binutils) or llvm-size and llvm-nm (rustup component add llvm-tools)" >&2
+[[ -n "$READELF" && -n "$NM" ]] || {
+    echo "need readelf and nm (binutils) or llvm-readelf and llvm-nm (rustup component add llvm-tools)" >&2
     exit 1
 }
 
@@ -55,9 +58,22 @@ if [[ $build -eq 1 ]]; then
     done
 fi
 
-# Berkeley sizes: text (code, constants, vector table), data, bss.
+# flash and static RAM from the section headers (see the top of this file).
 sizes() {
-    "$SIZE" "$1" | awk 'NR == 2 { print $1, $2, $3 }'
+    "$READELF" -SW "$1" | awk '
+        function hex(s,    i, n) {
+            n = 0; s = tolower(s)
+            for (i = 1; i <= length(s); i++) n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+            return n
+        }
+        /^ *\[ *[0-9]+\]/ {
+            sub(/^ *\[ *[0-9]+\] */, "")
+            name = $1; type = $2; size = hex($5); flags = $7
+            if (flags !~ /A/ || name ~ /stack|_dummy/) next
+            if (type == "PROGBITS") flash += size
+            if (flags ~ /W/) ram += size
+        }
+        END { printf "%d %d\n", flash, ram }'
 }
 
 # Bytes of colony symbols: flash (text, rodata) and RAM (data, bss).
@@ -77,15 +93,15 @@ for entry in "${FIRMWARE[@]}"; do
     read -r project target bin <<<"$entry"
     elf="target/$target/release/$bin"
     [[ -f "$elf" ]] || continue
-    read -r text data bss < <(sizes "$elf")
+    read -r flash ram < <(sizes "$elf")
     read -r sym_flash _ < <(colony_symbols "$elf")
     delta_flash="-" delta_ram="-"
     base="target/$target/release/footprint-baseline"
-    if [[ -f "$base" ]]; then
-        read -r btext bdata bbss < <(sizes "$base")
-        delta_flash=$((text + data - btext - bdata))
-        delta_ram=$((data + bss - bdata - bbss))
+    if [[ "$project" == qemu-mps2 && -f "$base" ]]; then
+        read -r base_flash base_ram < <(sizes "$base")
+        delta_flash=$((flash - base_flash))
+        delta_ram=$((ram - base_ram))
     fi
-    printf '%-34s %10d %10d %16d %16s %12s\n' "$project ($target)" $((text + data)) $((data + bss)) \
+    printf '%-34s %10d %10d %16d %16s %12s\n' "$project ($target)" "$flash" "$ram" \
         "$sym_flash" "$delta_flash" "$delta_ram"
 done
