@@ -152,6 +152,7 @@ pub struct Loop<T> {
     slots: usize,
     functions: Functions,
     progress: bool,
+    server_lost_after: Option<Duration>,
 }
 
 impl<T> Loop<T>
@@ -172,6 +173,7 @@ where
             slots: std::thread::available_parallelism().map_or(1, |n| n.get()),
             functions: Functions::new(),
             progress: true,
+            server_lost_after: None,
         }
     }
 
@@ -228,6 +230,14 @@ where
     /// Whether the serving process draws a progress bar on a terminal (default true).
     pub fn progress(mut self, show: bool) -> Self {
         self.progress = show;
+        self
+    }
+
+    /// How long a working process keeps trying to reach a vanished server before it gives up
+    /// with [`LoopError::Network`] (default 10 s). A server that comes back within it (restarted
+    /// on the same checkpoint, say) finds its workers again.
+    pub fn server_lost_after(mut self, after: Duration) -> Self {
+        self.server_lost_after = Some(after);
         self
     }
 

@@ -249,11 +249,14 @@ impl NetSource {
             tx: tx.clone(),
             execute: execute.clone(),
         };
-        let worker_config = WorkerConfig::new(worker_addr, secret.clone())
+        let mut worker_config = WorkerConfig::new(worker_addr, secret.clone())
             .with_kinds([kind.to_string()])
             .with_slots(slots)
             .with_prefetch(slots.max(2))
             .with_execution(Execution::Threads);
+        if let Some(after) = config.server_lost_after {
+            worker_config = worker_config.with_server_lost_after(after);
+        }
         runtime.spawn(async move {
             let result = run_worker(worker_config, handler).await;
             let _ = tx.send(Msg::End(result));
