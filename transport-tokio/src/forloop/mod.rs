@@ -108,7 +108,16 @@ pub enum LoopError {
 impl From<CreateJobError> for LoopError {
     fn from(e: CreateJobError) -> Self {
         match e {
-            CreateJobError::Mismatch(_) => LoopError::Mismatch(e.to_string()),
+            CreateJobError::Mismatch(mut m) => {
+                // A loop's kind carries the fingerprint of its items, so other items always
+                // mean another kind: name what differs (the counts, or else the values), not
+                // two hashes.
+                let base = |kind: &str| kind.split_once('#').map(|(base, _)| base.to_owned());
+                if base(&m.known.kind).is_some() && base(&m.known.kind) == base(&m.given.kind) {
+                    m.given.kind.clone_from(&m.known.kind);
+                }
+                LoopError::Mismatch(CreateJobError::Mismatch(m).to_string())
+            }
             CreateJobError::Dag(_) | CreateJobError::EdgesOnOpenJob => {
                 LoopError::Dependencies(e.to_string())
             }
