@@ -1,6 +1,6 @@
-//! The server's other transports: workers over WebSocket and TLS (plain and WebSocket) complete
-//! jobs, the secret is checked on every one of them, certificates are checked, and a server that
-//! requires TLS serves nothing in plain text.
+//! The server's other transports: workers and executors over WebSocket and TLS (plain and
+//! WebSocket) complete jobs, the secret is checked on every one of them, certificates are
+//! checked, and a server that requires TLS serves nothing in plain text.
 
 mod common;
 
@@ -11,11 +11,15 @@ use std::time::Duration;
 
 use colony_core::proto::{ErrorCode, Message};
 use colony_tokio::conn::FramedConn;
+use colony_tokio::executor::{Executor, Wait};
+use colony_tokio::kind::TaskKind;
 use colony_tokio::net::Transport;
 use colony_tokio::secret::Secret;
 use colony_tokio::server::ServerHandle;
 use colony_tokio::tls::ClientTls;
-use colony_tokio::worker::{TaskCtx, TaskError, WorkerConfig, WorkerError, WorkerExit, run_worker};
+use colony_tokio::worker::{
+    TaskCtx, TaskError, Worker, WorkerConfig, WorkerError, WorkerExit, run_worker,
+};
 use common::{bounded, config, decode_u32, numbers, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -273,4 +277,88 @@ async fn a_bad_certificate_file_fails_the_bind() {
     let missing = dir.path().join("missing.pem");
     let err = colony_tokio::server::Server::bind(config(&secret).tls(&missing, &key)).unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
+}
+
+fn sum_kind() -> TaskKind<u64, u64> {
+    TaskKind::new("sum", |n: u64| Ok::<_, TaskError>((1..=n).sum()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_and_executors_over_tls_and_websocket_complete_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "server");
+    let secret = Secret::random().unwrap();
+    let (handle, addr, server) = start(config(&secret).tls(&cert, &key));
+    let worker = Worker::builder()
+        .kind(sum_kind())
+        .slots(2)
+        .name("tls-worker")
+        .tls(ClientTls::ca_file(&cert).unwrap())
+        .connect(&format!("tls://{addr}"), secret.clone())
+        .unwrap();
+    let stop = worker.shutdown_token();
+    let worker = tokio::spawn(worker.run());
+
+    let sum = sum_kind();
+    let urls = [
+        (format!("tls://{addr}"), Transport::Tls),
+        (
+            format!("wss://localhost:{}/colony", addr.port()),
+            Transport::Wss,
+        ),
+        (format!("ws://{addr}/colony"), Transport::Ws),
+    ];
+    for (url, transport) in urls {
+        let exec = bounded(
+            Executor::builder(url.clone(), secret.clone())
+                .name(format!("client over {transport}"))
+                .tls(ClientTls::pinned_file(&cert).unwrap())
+                .connect(),
+        )
+        .await
+        .unwrap();
+        let one = bounded(exec.submit(&sum, &100)).await.unwrap();
+        assert_eq!(bounded(one).await, Ok(5050), "{url}");
+        let mut results = exec.map(&sum, 0..200u64);
+        let mut n = 0u64;
+        while let Some(r) = bounded(results.next()).await {
+            assert_eq!(r, Ok(n * (n + 1) / 2), "{url}");
+            n += 1;
+        }
+        assert_eq!(n, 200, "{url}");
+        let status = bounded(handle.status()).await.unwrap();
+        assert!(
+            status
+                .clients
+                .iter()
+                .any(|c| c.transport == transport && c.name == format!("client over {transport}")),
+            "{:?}",
+            status.clients
+        );
+        assert!(
+            status
+                .worker_list
+                .iter()
+                .any(|w| w.transport == Transport::Tls && w.name == "tls-worker"),
+            "{:?}",
+            status.worker_list
+        );
+        bounded(exec.shutdown(Wait::Yes)).await;
+    }
+
+    // An executor that does not trust the server stops at once.
+    let (other, _) = self_signed(dir.path(), "other");
+    let err = bounded(
+        Executor::builder(format!("tls://{addr}"), secret.clone())
+            .tls(ClientTls::pinned_file(&other).unwrap())
+            .connect(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("tls"), "{err}");
+
+    stop.shutdown();
+    bounded(worker).await.unwrap().unwrap();
+    bounded(handle.shutdown()).await.unwrap();
+    bounded(server).await.unwrap().unwrap();
 }

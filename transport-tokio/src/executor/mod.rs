@@ -79,6 +79,7 @@ use session::{Cmd, Config, Session, State, Submission, TargetSpec};
 
 use crate::secret::Secret;
 use crate::server::DEFAULT_PORT;
+use crate::tls::ClientTls;
 
 /// How a task is retried: attempts on the server, then resubmissions from the executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,9 +157,17 @@ pub struct ExecutorBuilder {
     connect_timeout: Duration,
     server_silence: Duration,
     max_frame: u32,
+    tls: Option<ClientTls>,
 }
 
 impl ExecutorBuilder {
+    /// What to trust for a `tls://` or `wss://` server URL (a CA file or a pinned certificate).
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The name the server shows for this client (default `hostname-pid`).
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -258,6 +267,7 @@ impl ExecutorBuilder {
             connect_timeout: self.connect_timeout,
             server_silence: self.server_silence,
             max_frame: self.max_frame,
+            tls: self.tls,
         });
         let (first, _) = session::connect_within(&config, self.reconnect_window).await?;
         let permits = Arc::new(Semaphore::new(self.max_in_flight as usize));
@@ -326,6 +336,7 @@ impl Executor {
             connect_timeout: Duration::from_secs(5),
             server_silence: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
+            tls: None,
         }
     }
 
@@ -519,8 +530,10 @@ impl Executor {
     }
 }
 
-/// The `host:port` a server URL names: `tcp://host:port`, `colony://host:port` or `host:port`
-/// (the port defaults to [`DEFAULT_PORT`]).
+/// The address to connect to for a server URL: the `host:port` of `tcp://host:port`,
+/// `colony://host:port` or `host:port` (the port defaults to [`DEFAULT_PORT`]), or a
+/// `tls://`, `ws://` or `wss://` URL kept whole (see [`crate::net::Endpoint`]; TLS needs
+/// [`ExecutorBuilder::tls`]).
 ///
 /// # Errors
 /// [`ExecutorError::Url`] for another scheme, or no host.
@@ -531,9 +544,14 @@ pub fn server_addr(url: &str) -> Result<String, ExecutorError> {
     };
     let rest = match url.split_once("://") {
         Some(("tcp" | "colony", rest)) => rest,
+        Some(("tls" | "ws" | "wss", _)) => {
+            return crate::net::Endpoint::parse(url)
+                .map(|_| url.to_owned())
+                .map_err(|e| bad(&e.to_string()));
+        }
         Some((scheme, _)) => {
             return Err(bad(&format!(
-                "scheme {scheme:?} is not supported here (use tcp://)"
+                "scheme {scheme:?} is not supported here (use tcp://, tls://, ws:// or wss://)"
             )));
         }
         None => url,
@@ -596,6 +614,8 @@ mod tests {
         assert!(server_addr("tcp://").is_err());
         assert!(server_addr(":80").is_err());
         assert!(server_addr("h:1/path").is_err());
+        assert_eq!(server_addr("wss://h:1/c").unwrap(), "wss://h:1/c");
+        assert!(server_addr("tls://h:1/path").is_err());
     }
 
     #[test]

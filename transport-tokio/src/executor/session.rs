@@ -37,8 +37,6 @@ use colony_core::proto::{
 use colony_core::sched::Inputs;
 use colony_core::{JobId, TaskId};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,8 +46,10 @@ use super::error::ExecutorError;
 use super::handle::{Raw, Slot};
 use super::map::MapShared;
 use crate::conn::{FrameReader, connect_and_handshake};
+use crate::net::{self, Endpoint, ReadHalf, Stream, WriteHalf};
 use crate::secret::Secret;
 use crate::server::KINDS_CALL;
+use crate::tls::ClientTls;
 
 /// Bytes an `AddTasks` frame's payload adds besides its inputs (variant, job, count, length).
 const ADD_TASKS_OVERHEAD: usize = 24;
@@ -80,6 +80,8 @@ pub(super) struct Config {
     pub(super) connect_timeout: Duration,
     pub(super) server_silence: Duration,
     pub(super) max_frame: u32,
+    /// What to trust for `tls://` and `wss://` addresses.
+    pub(super) tls: Option<ClientTls>,
 }
 
 /// What the executor's handles and the connection task share.
@@ -257,7 +259,7 @@ impl Wire {
         self.notify.notify_one();
     }
 
-    async fn run(self: Arc<Self>, mut io: OwnedWriteHalf) -> std::io::Result<()> {
+    async fn run(self: Arc<Self>, mut io: WriteHalf) -> std::io::Result<()> {
         let mut spare = Vec::new();
         loop {
             {
@@ -266,6 +268,8 @@ impl Wire {
             }
             if !spare.is_empty() {
                 io.write_all(&spare).await?;
+                // TLS and WebSocket streams buffer; on TCP this does nothing.
+                io.flush().await?;
                 spare.clear();
                 continue;
             }
@@ -279,7 +283,7 @@ impl Wire {
 
 /// A welcomed connection.
 pub(super) struct Connected {
-    reader: FrameReader<OwnedReadHalf>,
+    reader: FrameReader<ReadHalf>,
     wire: Arc<Wire>,
     writer: JoinHandle<std::io::Result<()>>,
     max_frame: u32,
@@ -289,10 +293,10 @@ pub(super) struct Connected {
 /// Connects and runs the handshake as a task client.
 async fn connect(config: &Config) -> Result<Connected, ExecutorError> {
     let attempt = async {
-        let stream = TcpStream::connect(&config.addr)
+        let endpoint = Endpoint::parse(&config.addr).map_err(|e| (true, e.to_string()))?;
+        let stream: Stream = net::connect(&endpoint, config.tls.as_ref())
             .await
-            .map_err(|e| (false, format!("cannot connect: {e}")))?;
-        let _ = stream.set_nodelay(true);
+            .map_err(|e| (e.is_permanent(), e.to_string()))?;
         let role = Role::Client(ClientInfo { name: &config.name });
         connect_and_handshake(stream, &config.secret, role, config.max_frame)
             .await
@@ -313,7 +317,7 @@ async fn connect(config: &Config) -> Result<Connected, ExecutorError> {
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(Ok((conn, welcome))) => {
             let max_frame = conn.max_frame();
-            let (reader, writer) = conn.into_tcp_split();
+            let (reader, writer) = conn.split_with(Stream::into_split);
             let wire = Arc::new(Wire::default());
             let writer = tokio::spawn(Arc::clone(&wire).run(writer.into_inner()));
             Ok(Connected {
@@ -771,7 +775,7 @@ impl Session {
 
     // ---- receiving ----
 
-    fn on_frames(&mut self, reader: &mut FrameReader<OwnedReadHalf>) -> Option<End> {
+    fn on_frames(&mut self, reader: &mut FrameReader<ReadHalf>) -> Option<End> {
         loop {
             let range = match reader.next_buffered() {
                 Ok(Some(range)) => range,

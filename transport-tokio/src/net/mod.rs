@@ -27,6 +27,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use prefixed::Prefixed;
 pub use ws::WsStream;
@@ -264,6 +265,80 @@ impl Stream {
                 Transport::Tls | Transport::Wss => Transport::Wss,
                 Transport::Tcp | Transport::Ws => Transport::Ws,
             },
+        }
+    }
+}
+
+/// The read half of a [`Stream`] (see [`Stream::into_split`]).
+#[derive(Debug)]
+pub enum ReadHalf {
+    /// TCP's own half: no lock between the halves.
+    Tcp(OwnedReadHalf),
+    /// A TLS or WebSocket stream's half (the halves share a lock).
+    Other(tokio::io::ReadHalf<Stream>),
+}
+
+/// The write half of a [`Stream`] (see [`Stream::into_split`]).
+#[derive(Debug)]
+pub enum WriteHalf {
+    /// TCP's own half.
+    Tcp(OwnedWriteHalf),
+    /// A TLS or WebSocket stream's half.
+    Other(tokio::io::WriteHalf<Stream>),
+}
+
+impl Stream {
+    /// Splits into halves for a reader and a writer task; TCP's halves share no lock.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Tcp(tcp) => {
+                let (r, w) = tcp.into_split();
+                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+            }
+            other => {
+                let (r, w) = tokio::io::split(other);
+                (ReadHalf::Other(r), WriteHalf::Other(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Other(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Other(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Other(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Other(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

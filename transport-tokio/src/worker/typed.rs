@@ -35,6 +35,7 @@ use super::{
 use crate::executor::{ExecutorError, server_addr};
 use crate::kind::{ErasedFn, TaskKind};
 use crate::secret::Secret;
+use crate::tls::ClientTls;
 
 /// Entry point: see [`Worker::builder`].
 #[derive(Debug)]
@@ -49,6 +50,7 @@ impl Worker {
             prefetch: None,
             name: None,
             server_lost_after: None,
+            tls: None,
         }
     }
 }
@@ -61,6 +63,7 @@ pub struct WorkerBuilder {
     prefetch: Option<u32>,
     name: Option<String>,
     server_lost_after: Option<Duration>,
+    tls: Option<ClientTls>,
 }
 
 impl std::fmt::Debug for WorkerBuilder {
@@ -118,7 +121,15 @@ impl WorkerBuilder {
         self
     }
 
-    /// Sets the server (`tcp://host:port` or `host:port`) and the secret; nothing connects until
+    /// What to trust for a `tls://` or `wss://` server URL (a CA file or a pinned certificate).
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the server (`host:port`, `tcp://`, `tls://`, `ws://` or `wss://`, see
+    /// [`server_addr`]) and the secret; nothing connects until
     /// [`ReadyWorker::run`].
     ///
     /// # Errors
@@ -139,6 +150,9 @@ impl WorkerBuilder {
         }
         if let Some(after) = self.server_lost_after {
             config = config.with_server_lost_after(after);
+        }
+        if let Some(tls) = self.tls {
+            config = config.with_tls(tls);
         }
         Ok(ReadyWorker {
             config,
