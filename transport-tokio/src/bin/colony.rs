@@ -5,6 +5,10 @@
 
 #[path = "colony/bench.rs"]
 mod bench;
+#[path = "colony/bench_executor.rs"]
+mod bench_executor;
+#[path = "colony/pool.rs"]
+mod pool;
 #[path = "colony/status.rs"]
 mod status;
 
@@ -24,6 +28,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the standing pool server: workers join and leave at any time, executors submit
+    /// tasks; jobs live in the data folder and resume after a restart.
+    Server(pool::ServerArgs),
     /// Show each job's progress, from a checkpoint file or from a running server.
     Status(StatusArgs),
     /// Benchmark the whole stack on this machine: the real server with its durable checkpoint,
@@ -32,12 +39,16 @@ enum Command {
     /// A benchmark worker process (started by `colony bench`).
     #[command(hide = true)]
     BenchWorker(BenchWorkerArgs),
+    /// A pool worker with demo kinds (for tests and `colony bench --case executor`).
+    #[command(hide = true)]
+    PoolWorker(pool::PoolWorkerArgs),
 }
 
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// Which workload: `loop` (independent tasks, default 1,000,000), `dag` (independent chains
-    /// of dependent tasks, default 10 chains of 1,000), or both.
+    /// of dependent tasks, default 10 chains of 1,000), `executor` (submit round trips and a
+    /// `map` of 1,000,000 tiny tasks through the executor), or all three.
     #[arg(long, value_enum, default_value = "all")]
     case: bench::Case,
     /// Tasks per case (default: the case's own).
@@ -52,6 +63,9 @@ struct BenchArgs {
     /// Leases each worker holds beyond the task it runs.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..4096))]
     prefetch: u32,
+    /// Rounds of the `executor` case; it reports their medians.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// After the summary, print the figures as one JSON line (the last line of output).
     #[arg(long)]
     json: bool,
@@ -88,9 +102,29 @@ struct StatusArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_target(false)
-        .init();
+    let (filter, log_file) = match &cli.command {
+        Command::Server(args) => (args.log_filter(), args.log_file.as_deref()),
+        _ => ("warn", None),
+    };
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter));
+    logger.format_target(false);
+    if let Some(path) = log_file {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                logger.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Err(e) => {
+                eprintln!("error: cannot open log file {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    logger.init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -110,10 +144,13 @@ fn run(cli: Cli) -> Result<()> {
                 workers: args.workers,
                 chains: args.chains,
                 prefetch: args.prefetch,
+                rounds: args.rounds,
             };
             bench::main(&plan, args.json)
         }
         Command::BenchWorker(args) => bench::worker(&args.addr, &args.name, args.prefetch),
+        Command::Server(args) => pool::server(&args),
+        Command::PoolWorker(args) => pool::pool_worker(&args),
     }
 }
 

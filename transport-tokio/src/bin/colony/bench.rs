@@ -55,7 +55,9 @@ pub(crate) enum Case {
     Loop,
     /// Independent chains of dependent no-op tasks: each waits for the one before to be durable.
     Dag,
-    /// `loop`, then `dag`, each in a process of its own.
+    /// The executor: single submit-to-result round trips, and a `map` of tiny tasks.
+    Executor,
+    /// `loop`, `dag`, then `executor`, each in a process of its own.
     All,
 }
 
@@ -79,6 +81,8 @@ pub(crate) struct Plan {
     pub(crate) chains: u32,
     /// Leases each worker asks for beyond the one it runs.
     pub(crate) prefetch: u32,
+    /// Rounds of the `executor` case (its report gives their medians).
+    pub(crate) rounds: u32,
 }
 
 /// What one case measured (the `--json` line).
@@ -119,6 +123,7 @@ pub(crate) fn main(plan: &Plan, json: bool) -> Result<()> {
     let single = match plan.case {
         Case::Loop => Single::Loop,
         Case::Dag => Single::Dag,
+        Case::Executor => return super::bench_executor::main(plan, json),
         Case::All => return run_each(plan, json),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -140,7 +145,7 @@ pub(crate) fn main(plan: &Plan, json: bool) -> Result<()> {
 fn run_each(plan: &Plan, json: bool) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find this program to run the cases")?;
     let mut reports = Vec::new();
-    for case in ["loop", "dag"] {
+    for case in ["loop", "dag", "executor"] {
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(["bench", "--case", case, "--json"])
             .arg("--workers")
@@ -148,7 +153,9 @@ fn run_each(plan: &Plan, json: bool) -> Result<()> {
             .arg("--chains")
             .arg(plan.chains.to_string())
             .arg("--prefetch")
-            .arg(plan.prefetch.to_string());
+            .arg(plan.prefetch.to_string())
+            .arg("--rounds")
+            .arg(plan.rounds.to_string());
         if let Some(tasks) = plan.tasks {
             cmd.arg("--tasks").arg(tasks.to_string());
         }
@@ -512,6 +519,7 @@ mod tests {
             workers: 2,
             chains: 10,
             prefetch: 64,
+            rounds: 1,
         }
     }
 
