@@ -357,7 +357,6 @@ async fn read_client<R: AsyncRead + Unpin>(
         match end {
             ReadEnd::More => {}
             ReadEnd::Goodbye => {
-                log::info!("{client} at {peer} said goodbye");
                 drain(reader.into_inner()).await;
                 return;
             }
