@@ -22,6 +22,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 build=1
 [[ "${1:-}" == "--no-build" ]] && build=0
+# Where examples/firmware/.cargo/config.toml sends every firmware build.
+TARGET_DIR="../../target/firmware"
 
 find_tool() {
     local name llvm sysroot
@@ -91,12 +93,12 @@ colony_symbols() {
 printf '%-34s %10s %10s %16s %16s %12s\n' firmware flash "static RAM" "colony (symbols)" "colony (delta)" "colony RAM"
 for entry in "${FIRMWARE[@]}"; do
     read -r project target bin <<<"$entry"
-    elf="target/$target/release/$bin"
+    elf="$TARGET_DIR/$target/release/$bin"
     [[ -f "$elf" ]] || continue
     read -r flash ram < <(sizes "$elf")
     read -r sym_flash _ < <(colony_symbols "$elf")
     delta_flash="-" delta_ram="-"
-    base="target/$target/release/footprint-baseline"
+    base="$TARGET_DIR/$target/release/footprint-baseline"
     if [[ "$project" == qemu-mps2 && -f "$base" ]]; then
         read -r base_flash base_ram < <(sizes "$base")
         delta_flash=$((flash - base_flash))

@@ -86,7 +86,7 @@ async fn build() -> Firmware {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let target = firmware_dir().join("target");
+    let target = repo_root().join("target").join("firmware");
     let firmware = Firmware {
         thumbv7m: target.join("thumbv7m-none-eabi/release/qemu-mps2"),
         thumbv6m: target.join("thumbv6m-none-eabi/release/qemu-mps2"),

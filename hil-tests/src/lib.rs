@@ -3,7 +3,7 @@
 //! the real server of `colony-tokio`.
 //!
 //! - [`firmware`] builds the firmware once per test run, for thumbv7m and thumbv6m, in the
-//!   firmware projects' own target directory (`examples/firmware/target`), so a CI step that
+//!   firmware projects' own target directory (`target/firmware`), so a CI step that
 //!   built it already leaves nothing to do.
 //! - [`board`] boots one emulated board, pauses or kills it, reads its exit code and its
 //!   one-line report, and decodes its defmt log.
