@@ -401,6 +401,19 @@ where
     Ok(Some(outputs))
 }
 
+/// Says what a resumed checkpoint held: a job found already finished is worth a word (the run
+/// does nothing but hand back the recorded product), a partial one only at the info level.
+fn note_resumed(name: &str, resumed: usize, total: usize) {
+    if total > 0 && resumed == total {
+        log::warn!(
+            "{name}: the job had already finished (all {total} items are settled in its \
+             checkpoint); nothing to run"
+        );
+    } else if resumed > 0 {
+        log::info!("resumed {name} from its checkpoint: {resumed} of {total} items already done");
+    }
+}
+
 /// Runs the loop body on one item and records its result in the item.
 fn run_body<T, O: Serialize>(
     body: &impl Fn(&Item<'_, T>) -> Result<O, LoopError>,

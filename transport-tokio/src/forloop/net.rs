@@ -165,6 +165,8 @@ impl NetSource {
         edges: Vec<Edge>,
         body: Body,
     ) -> Result<Self, LoopError> {
+        // `Loop::run` has taken the items out of `config` by now; the inputs are all there.
+        let total = inputs.len();
         let addr = resolve_addr(&config.addr)?;
         let secret = resolve_secret(addr, config.secret_file.as_ref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -266,14 +268,8 @@ impl NetSource {
             (Some(s), true) => Some(spawn_progress(&runtime, s.handle.clone(), s.job)),
             _ => None,
         };
-        if let Some(s) = &serving
-            && s.resumed > 0
-        {
-            log::info!(
-                "resumed {} from its checkpoint: {} items already done",
-                config.name,
-                s.resumed
-            );
+        if let Some(s) = &serving {
+            super::note_resumed(&config.name, s.resumed, total);
         }
         Ok(NetSource {
             role,

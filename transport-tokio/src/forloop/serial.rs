@@ -80,6 +80,11 @@ impl SerialSource {
             epoch: StdInstant::now(),
         };
         state.flush()?;
+        super::note_resumed(
+            &config.name,
+            created.already_done as usize,
+            config.items.len(),
+        );
         Ok(SerialSource {
             state: RefCell::new(state),
             functions: config.functions.clone(),
