@@ -63,6 +63,7 @@ impl Scene {
     pub(crate) fn fixture<S: AsRef<str>>(&self, args: &[S]) -> Fixture {
         Fixture {
             args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+            envs: Vec::new(),
             secret: self.secret.clone(),
         }
     }
@@ -72,6 +73,7 @@ impl Scene {
 #[derive(Clone)]
 pub(crate) struct Fixture {
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     secret: String,
 }
 
@@ -83,6 +85,12 @@ impl Fixture {
         self
     }
 
+    /// Sets an environment variable of the process.
+    pub(crate) fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Starts the process.
     pub(crate) fn spawn(&self) -> Proc {
         let mut child = Command::new(FIXTURE)
@@ -90,6 +98,7 @@ impl Fixture {
             .env("COLONY_SECRET", &self.secret)
             .env_remove("COLONY_ADDR")
             .env_remove("COLONY_SERIAL")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -216,6 +225,11 @@ impl Proc {
             Some(addr) => addr.to_string(),
             None => panic!("{} does not serve: {line:?}", self.pid),
         }
+    }
+
+    /// What it wrote to stderr so far.
+    pub(crate) fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Whether the process has exited (without waiting).
