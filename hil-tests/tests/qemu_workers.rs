@@ -137,7 +137,12 @@ fn start_server(config: ServerConfig) -> (ServerHandle, SocketAddr) {
 async fn joined(handle: &ServerHandle, n: usize) {
     within(PATIENCE, &format!("{n} workers to connect"), async {
         loop {
-            if handle.status().await.unwrap().workers >= n {
+            if within(PATIENCE, "the server's status", handle.status())
+                .await
+                .unwrap()
+                .workers
+                >= n
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -168,9 +173,13 @@ async fn check_outputs(handle: &ServerHandle, job: JobId, inputs: &[Vec<u8>]) ->
         (progress.total, progress.done, progress.failed),
         (total, total, 0)
     );
-    let failures = handle.failures(job).await.unwrap();
+    let failures = within(PATIENCE, "the failures", handle.failures(job))
+        .await
+        .unwrap();
     assert!(failures.is_empty(), "failed tasks: {failures:?}");
-    let outputs = handle.outputs(job).await.unwrap();
+    let outputs = within(PATIENCE, "the outputs", handle.outputs(job))
+        .await
+        .unwrap();
     assert_eq!(outputs.len(), inputs.len());
     for (task, (output, input)) in outputs.iter().zip(inputs).enumerate() {
         assert_eq!(
@@ -274,7 +283,9 @@ async fn emulated_boards_and_a_linux_worker_compute_every_output() {
     }
     assert_eq!(seen.len(), 1_200);
     assert!(seen.values().all(|n| *n == 1), "a task recorded twice");
-    handle.shutdown().await.unwrap();
+    within(PATIENCE, "the server to stop", handle.shutdown())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +305,9 @@ async fn a_board_killed_mid_job_has_its_leases_reissued() {
     }
     joined(&handle, 3).await;
     let job = create(&handle, "hil-kill", &inputs).await;
-    let mut progress = handle.progress(job).await.unwrap();
+    let mut progress = within(PATIENCE, "the progress", handle.progress(job))
+        .await
+        .unwrap();
     within(
         PATIENCE,
         "a quarter of the job",
@@ -336,7 +349,9 @@ async fn a_board_killed_mid_job_has_its_leases_reissued() {
         "no task was done by a second attempt: the killed board's leases were not re-issued"
     );
     eprintln!("{reissued} tasks completed on a re-issued lease; reports {reports:?}");
-    handle.shutdown().await.unwrap();
+    within(PATIENCE, "the server to stop", handle.shutdown())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +367,9 @@ async fn one_emulated_board_runs_thousands_of_tiny_tasks_a_second() {
     joined(&handle, 1).await;
     let job = create(&handle, "hil-rate", &inputs).await;
 
-    let mut progress = handle.progress(job).await.unwrap();
+    let mut progress = within(PATIENCE, "the progress", handle.progress(job))
+        .await
+        .unwrap();
     within(
         PATIENCE,
         "the first task",
@@ -377,7 +394,9 @@ async fn one_emulated_board_runs_thousands_of_tiny_tasks_a_second() {
     // A floor far below the aim (8,000/s), to catch a stall (Nagle, delayed ACKs, a lost
     // wake-up) without failing on a busy machine.
     assert!(rate > 500.0, "{rate:.0} tasks/s");
-    handle.shutdown().await.unwrap();
+    within(PATIENCE, "the server to stop", handle.shutdown())
+        .await
+        .unwrap();
 }
 
 /// A proxy between the board and the server that misbehaves: its first connection answers the
@@ -448,5 +467,7 @@ async fn a_board_survives_a_bad_frame_and_a_cut_link() {
         "the board should have connected three times (garbage, cut, whole): {reports:?}"
     );
     proxy.abort();
-    handle.shutdown().await.unwrap();
+    within(PATIENCE, "the server to stop", handle.shutdown())
+        .await
+        .unwrap();
 }
