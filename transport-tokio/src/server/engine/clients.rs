@@ -17,6 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
 use std::time::SystemTime;
 
 use colony_core::proto::{
@@ -36,6 +37,11 @@ use crate::server::outbox::Outbox;
 
 /// Bytes a `TaskDone` or `TaskFailed` frame's payload adds to its output or error text.
 const RESULT_OVERHEAD: usize = 32;
+
+/// How long a flush of nothing but client submissions may wait for a worker's news (typically
+/// the completion of a task just submitted), so both share one sync: a quick task then costs its
+/// caller one `fdatasync`, not two in a row.
+const SUBMIT_HOLD: Duration = Duration::from_millis(1);
 
 /// A task client, as the engine sees it.
 #[derive(Debug)]
@@ -148,6 +154,8 @@ pub(in crate::server) struct Clients {
     kinds: HashMap<String, u32>,
     worker_kinds: HashMap<WorkerId, Vec<String>>,
     limits: ClientLimits,
+    /// Until when the log may hold back a flush of submissions only.
+    hold: Option<StdInstant>,
 }
 
 impl Clients {
@@ -179,7 +187,23 @@ impl Clients {
             kinds: HashMap::new(),
             worker_kinds: HashMap::new(),
             limits,
+            hold: None,
         }
+    }
+
+    /// Whether a flush should wait: the log holds client submissions only, for a short while.
+    pub(super) fn holds_flush(&self) -> bool {
+        self.hold.is_some_and(|until| StdInstant::now() < until)
+    }
+
+    /// When a held flush must go out at the latest.
+    pub(super) fn flush_hold(&self) -> Option<StdInstant> {
+        self.hold
+    }
+
+    /// Stops holding a flush back.
+    pub(super) fn release_flush(&mut self) {
+        self.hold = None;
     }
 
     /// A worker joined declaring `kinds`.
@@ -222,6 +246,7 @@ impl Clients {
 
     /// Records up to `lsn` were handed to the log: replies queued so far wait for it.
     pub(super) fn logged(&mut self, lsn: Lsn) {
+        self.hold = None;
         self.last_taken = Some(lsn);
         if !self.unlogged.is_empty() {
             let replies = std::mem::take(&mut self.unlogged);
@@ -329,6 +354,7 @@ impl Engine {
 
     /// The engine stops: every client's staged frames go out, then `ServerGoingAway`.
     pub(super) fn close_clients(&mut self) {
+        self.clients.release_flush();
         for conn in self.clients.conns.iter_mut().filter_map(Option::take) {
             let _ = conn.outbox.push_staged(&mut { conn.staged });
             conn.outbox.close(Some(&Message::ServerGoingAway));
@@ -708,6 +734,9 @@ impl Engine {
             ));
         }
         conn.in_flight += count;
+        // Submissions into an empty log may wait a little for their completions (see
+        // `SUBMIT_HOLD`); anything else written meanwhile releases the hold.
+        let fresh = self.log.is_some() && !self.sched.has_log();
         let mut last = None;
         for input in inputs {
             let Some(task) = self.sched.add_task(job, input) else {
@@ -727,6 +756,9 @@ impl Engine {
             self.clients
                 .unlogged
                 .push(Reply::Submitted { client, job, task });
+            if fresh {
+                self.clients.hold = Some(StdInstant::now() + SUBMIT_HOLD);
+            }
         }
         Ok(())
     }

@@ -334,6 +334,10 @@ impl Engine {
     /// The next time the loop must wake on its own.
     fn deadline(&self) -> Option<StdInstant> {
         let lease = self.sched.poll_at().and_then(|at| self.to_std(at));
+        let lease = match (lease, self.clients.flush_hold()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (lease, self.linger_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -373,7 +377,7 @@ impl Engine {
             self.log_spare.clear();
             return true;
         };
-        if self.in_flight || self.fault.is_some() {
+        if self.in_flight || self.fault.is_some() || self.clients.holds_flush() {
             return false;
         }
         let mut bytes = std::mem::take(&mut self.log_spare);
@@ -713,6 +717,8 @@ impl Engine {
     }
 
     fn on_batch(&mut self, worker: WorkerId, chunk: &[u8], items: Vec<In>) {
+        // A worker's news may be a completion: no reason to hold a flush back any more.
+        self.clients.release_flush();
         if !self
             .workers
             .get(worker.0 as usize)
