@@ -111,6 +111,12 @@ ci_nostd() {
     for features in "${HOST_FEATURES[@]}"; do
         build_core "$features"
     done
+    # The microcontroller worker: no_std, no allocator, with each logging feature.
+    for target in thumbv6m-none-eabi riscv32imc-unknown-none-elf; do
+        for features in "" defmt log; do
+            run cargo build -p colony-embassy --target "$target" ${features:+--features "$features"}
+        done
+    done
 }
 
 ci_fuzz() {
@@ -140,8 +146,11 @@ ci_firmware() {
     for dir in "${dirs[@]}"; do
         [[ -f "$dir/Cargo.toml" ]] || fail "$dir has no Cargo.toml"
         # Each firmware project is its own cargo project: its .cargo/config.toml picks the target.
-        (cd "$dir" && run cargo build --release)
+        (cd "$dir" && run cargo build --release && run cargo clippy --release -- -D warnings)
     done
+    run cargo test --manifest-path examples/firmware/common/Cargo.toml
+    # Flash and static RAM of each firmware, and of Colony's part alone.
+    run examples/firmware/footprint.sh --no-build
 }
 
 ci_hil() {
