@@ -210,7 +210,17 @@ async fn the_secret_is_checked_on_every_transport() {
             ),
             "{url}: {err}"
         );
+        // A task client without the secret is refused as well, and at once.
+        let err = bounded(
+            Executor::builder(url.clone(), wrong.clone())
+                .tls(ClientTls::ca_file(&cert).unwrap())
+                .connect(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_fatal(), "{url}: {err}");
     }
+    assert!(bounded(handle.status()).await.unwrap().clients.is_empty());
     let status = bounded(handle.status()).await.unwrap();
     assert!(status.worker_list.is_empty());
     assert_eq!(status.jobs[0].progress.done, 0);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use colony_tokio::kind::TaskKind;
 use colony_tokio::secret::{SECRET_ENV, Secret};
-use colony_tokio::server::{ClientLimits, DEFAULT_PORT, Server, ServerConfig};
+use colony_tokio::server::{ClientLimits, DEFAULT_PORT, Server, ServerConfig, monitor_token};
 use colony_tokio::worker::{Execution, TaskError, Worker};
 
 /// The checkpoint log's file name in the data folder.
@@ -62,6 +62,16 @@ pub(crate) struct ServerArgs {
     /// Seconds a peer may stay silent before it is taken for dead.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     idle_secs: u64,
+    /// PEM certificate chain (leaf first): TLS on the same port (`tls://`, `wss://`, and the
+    /// monitor over `https://`), next to plain connections. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS only: plain-text connections and plain HTTP are refused.
+    #[arg(long, requires = "tls_cert")]
+    tls_only: bool,
 }
 
 impl ServerArgs {
@@ -115,7 +125,7 @@ pub(crate) fn server(args: &ServerArgs) -> Result<()> {
     create_data_dir(&args.data)?;
     let (secret, secret_from) = server_secret(args)?;
     let checkpoint = args.data.join(CHECKPOINT_FILE);
-    let config = ServerConfig::new(secret)
+    let mut config = ServerConfig::new(secret)
         .listen(args.listen)
         .checkpoint(&checkpoint)
         .max_connections(args.max_connections)
@@ -123,6 +133,25 @@ pub(crate) fn server(args: &ServerArgs) -> Result<()> {
         .lease_duration(Duration::from_secs(args.lease_secs.max(1)))
         .idle_timeout(Duration::from_secs(args.idle_secs.max(1)))
         .client_limits(ClientLimits::default().max_in_flight(args.max_in_flight));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.tls(cert, key);
+    }
+    if args.tls_only {
+        config = config.require_tls();
+    }
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let access = if args.listen.ip().is_loopback() {
+        "open on loopback".to_owned()
+    } else {
+        format!(
+            "password, with any user name: {}",
+            monitor_token(config.secret())
+        )
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -142,6 +171,7 @@ pub(crate) fn server(args: &ServerArgs) -> Result<()> {
             status.jobs.len()
         )?;
         writeln!(out, "secret: {secret_from}")?;
+        writeln!(out, "monitor: {scheme}://{addr}/ ({access})")?;
         out.flush()?;
         drop(out);
         log::info!("serving on {addr}; stop with Ctrl-C or SIGTERM");
