@@ -97,6 +97,314 @@ async fn no_worker_for_a_kind_is_an_error_after_the_wait() {
     bounded(server).await.unwrap().unwrap();
 }
 
+/// A raw task client speaking the protocol by hand.
+struct RawClient {
+    conn: colony_tokio::conn::FramedConn<tokio::net::TcpStream>,
+}
+
+impl RawClient {
+    async fn connect(addr: std::net::SocketAddr, secret: &Secret) -> RawClient {
+        use colony_core::proto::{ClientInfo, DEFAULT_MAX_FRAME, Role};
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let role = Role::Client(ClientInfo { name: "raw" });
+        let (conn, _) =
+            colony_tokio::conn::connect_and_handshake(stream, secret, role, DEFAULT_MAX_FRAME)
+                .await
+                .unwrap();
+        RawClient { conn }
+    }
+
+    async fn send(&mut self, message: &colony_core::proto::Message<'_>) {
+        self.conn.send(message).await.unwrap();
+    }
+
+    /// The next message other than a heartbeat, as its name and a debug rendering.
+    async fn recv(&mut self) -> (String, String) {
+        loop {
+            let message = bounded(self.conn.read_message()).await.unwrap();
+            if message.name() != "Heartbeat" {
+                return (message.name().to_owned(), format!("{message:?}"));
+            }
+        }
+    }
+
+    async fn create(&mut self, name: &str, kind: &str, tasks: u32, edges: u32, open: bool) {
+        use colony_core::proto::{JobSpec, Message};
+        self.send(&Message::CreateJob(JobSpec {
+            name,
+            kind,
+            tasks,
+            edges,
+            max_attempts: 2,
+            open,
+        }))
+        .await;
+    }
+}
+
+fn u64_bytes(n: u64) -> Vec<u8> {
+    postcard::to_allocvec(&n).unwrap()
+}
+
+/// A client that breaks a rule is dropped with a reason: tasks for a job it did not create,
+/// more tasks in flight than allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_breaking_rules_are_dropped_with_a_reason() {
+    use colony_core::JobId;
+    use colony_core::proto::{BatchBuf, Message};
+    use colony_tokio::server::ClientLimits;
+
+    let (handle, addr, server) =
+        start(config(&secret()).client_limits(ClientLimits::default().max_in_flight(10)));
+    let mut raw = RawClient::connect(addr, &secret()).await;
+    raw.send(&Message::Submit {
+        job: JobId(7),
+        input: b"x",
+    })
+    .await;
+    let (name, text) = raw.recv().await;
+    assert_eq!(name, "Error", "{text}");
+    assert!(text.contains("UnknownJob"), "{text}");
+
+    let mut raw = RawClient::connect(addr, &secret()).await;
+    raw.create("limited", "sum", 0, 0, true).await;
+    let (name, text) = raw.recv().await;
+    assert_eq!(name, "JobAccepted", "{text}");
+    let job = handle.status().await.unwrap().jobs[0].job;
+    let mut inputs = BatchBuf::new();
+    for i in 0..11u64 {
+        inputs.push_bytes(&u64_bytes(i)).unwrap();
+    }
+    raw.send(&Message::AddTasks {
+        job,
+        inputs: inputs.as_batch(),
+    })
+    .await;
+    let (name, text) = raw.recv().await;
+    assert_eq!(name, "Error", "{text}");
+    assert!(
+        text.contains("LimitExceeded") && text.contains("in flight"),
+        "{text}"
+    );
+    assert_eq!(
+        handle.status().await.unwrap().jobs[0].progress.total,
+        0,
+        "nothing was added"
+    );
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+/// A DAG job sent by a client (CreateJob announcing edges, AddTasks, AddEdges, SealJob) runs in
+/// dependency order, and a client attaching to a job later is given every result recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_dag_jobs_run_and_attaching_replays_results() {
+    use colony_core::proto::{BatchBuf, Edge, Message};
+    use colony_core::{JobId, TaskId};
+
+    let (handle, addr, server) = start(config(&secret()));
+    let worker = Worker::builder()
+        .kind(sum_kind())
+        .slots(2)
+        .connect(&addr.to_string(), secret())
+        .unwrap();
+    let stop = worker.shutdown_token();
+    let worker = tokio::spawn(worker.run());
+
+    let mut raw = RawClient::connect(addr, &secret()).await;
+    raw.create("chain", "sum", 3, 2, false).await;
+    let mut inputs = BatchBuf::new();
+    for n in [1u64, 2, 3] {
+        inputs.push_bytes(&u64_bytes(n)).unwrap();
+    }
+    raw.send(&Message::AddTasks {
+        job: JobId(0),
+        inputs: inputs.as_batch(),
+    })
+    .await;
+    let mut edges = BatchBuf::new();
+    for (a, b) in [(0, 1), (1, 2)] {
+        edges
+            .push(&Edge {
+                before: TaskId(a),
+                after: TaskId(b),
+            })
+            .unwrap();
+    }
+    raw.send(&Message::AddEdges {
+        job: JobId(0),
+        edges: edges.as_batch(),
+    })
+    .await;
+    raw.send(&Message::SealJob { job: JobId(0) }).await;
+    let (name, text) = raw.recv().await;
+    assert_eq!(name, "JobAccepted", "{text}");
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let (name, text) = raw.recv().await;
+        if name == "TaskDone" {
+            order.push(text);
+        }
+    }
+    for (i, text) in order.iter().enumerate() {
+        assert!(text.contains(&format!("task: TaskId({i})")), "{order:?}");
+    }
+
+    // An executor-style open job, attached to by a second connection: it gets the results.
+    let exec = bounded(
+        Executor::builder(addr.to_string(), secret())
+            .job_name("shared")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        bounded(bounded(exec.submit(&sum_kind(), &4)).await.unwrap()).await,
+        Ok(10)
+    );
+    let mut late = RawClient::connect(addr, &secret()).await;
+    late.create("shared/sum", "sum", 0, 0, true).await;
+    let (name, text) = late.recv().await;
+    assert_eq!(name, "JobAccepted", "{text}");
+    assert!(text.contains("already_done: 1"), "{text}");
+    let (name, text) = late.recv().await;
+    assert_eq!(name, "TaskDone", "{text}");
+    // A name that exists with another kind is refused.
+    let mut wrong = RawClient::connect(addr, &secret()).await;
+    wrong.create("shared/sum", "square", 0, 0, true).await;
+    let (name, text) = wrong.recv().await;
+    assert_eq!(name, "Error", "{text}");
+    assert!(text.contains("FingerprintMismatch"), "{text}");
+
+    drop(exec);
+    stop.shutdown();
+    bounded(worker).await.unwrap().unwrap();
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+/// A task that fails on the server is submitted again by the executor, with backoff, as its
+/// policy says; the caller sees the eventual result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmission_policy_retries_from_the_client() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let (handle, addr, server) = start(config(&secret()));
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let flaky = TaskKind::<u32, u32>::new("flaky", move |n: u32| {
+        if counter.fetch_add(1, Ordering::SeqCst) < 2 {
+            Err(TaskError::permanent("not yet"))
+        } else {
+            Ok(n + 1)
+        }
+    });
+    let worker = Worker::builder()
+        .kind(flaky.clone())
+        .slots(1)
+        .connect(&addr.to_string(), secret())
+        .unwrap();
+    let stop = worker.shutdown_token();
+    let worker = tokio::spawn(worker.run());
+    let exec = bounded(Executor::connect(addr.to_string(), secret()))
+        .await
+        .unwrap();
+    let once = RetryPolicy::attempts(1);
+    let h = bounded(exec.submit_with(&flaky, &1, once)).await.unwrap();
+    assert!(matches!(
+        bounded(h).await,
+        Err(ExecutorError::Remote { .. })
+    ));
+    let patient = once.resubmit(3, Duration::from_millis(10), Duration::from_millis(40));
+    let h = bounded(exec.submit_with(&flaky, &41, patient))
+        .await
+        .unwrap();
+    assert_eq!(bounded(h).await, Ok(42));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    bounded(exec.shutdown(Wait::Yes)).await;
+    stop.shutdown();
+    bounded(worker).await.unwrap().unwrap();
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
+/// An executor that finds no server gives up after its window with `ServerLost`.
+#[tokio::test]
+async fn connecting_to_nothing_gives_server_lost_after_the_window() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let started = std::time::Instant::now();
+    let err = bounded(
+        Executor::builder(addr.to_string(), secret())
+            .reconnect_window(Duration::from_millis(300))
+            .connect(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ExecutorError::ServerLost { .. }), "{err}");
+    assert!(started.elapsed() < PATIENCE);
+}
+
+/// The blocking API: handles waited on with a timeout, done-callbacks, `map` as an iterator,
+/// and a drop that waits for the outstanding tasks.
+#[test]
+fn the_blocking_executor_waits_with_timeouts() {
+    use colony_tokio::executor::BlockingExecutor;
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (handle, addr, server) = runtime.block_on(async { start(config(&secret())) });
+    let slow = TaskKind::<u64, u64>::new("slow", |ms: u64| {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok::<_, TaskError>(ms)
+    });
+    let worker = Worker::builder()
+        .kind(slow.clone())
+        .kind(sum_kind())
+        .slots(2)
+        .connect(&addr.to_string(), secret())
+        .unwrap();
+    let stop = worker.shutdown_token();
+    let worker = runtime.spawn(worker.run());
+
+    let exec = BlockingExecutor::connect(addr.to_string(), secret()).unwrap();
+    let mut h = exec.submit(&slow, &300).unwrap();
+    assert_eq!(
+        h.wait_timeout(Duration::from_millis(1)),
+        Err(ExecutorError::Timeout)
+    );
+    assert_eq!(h.wait_timeout(PATIENCE), Ok(300));
+    assert_eq!(h.wait_timeout(Duration::ZERO), Err(ExecutorError::Taken));
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    exec.submit(&sum_kind(), &10)
+        .unwrap()
+        .on_done(move |r| tx.send(r).unwrap());
+    assert_eq!(rx.recv_timeout(PATIENCE).unwrap(), Ok(55));
+
+    let sums: Vec<u64> = exec
+        .map(&sum_kind(), 1..=100u64)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        sums,
+        (1..=100u64).map(|n| n * (n + 1) / 2).collect::<Vec<_>>()
+    );
+
+    // Dropping the executor waits for the task still running.
+    let last = exec.submit(&slow, &200).unwrap();
+    drop(exec);
+    assert!(last.is_done(), "the drop waited for the outstanding task");
+
+    stop.shutdown();
+    runtime.block_on(async {
+        bounded(worker).await.unwrap().unwrap();
+        handle.shutdown().await.unwrap();
+        bounded(server).await.unwrap().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------- real processes
 
 mod procs {
@@ -128,6 +436,9 @@ mod procs {
                 .kill_on_drop(true);
             if let Some(secret) = secret {
                 cmd.env(SECRET_ENV, secret.to_hex());
+            }
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "warn");
             }
             let mut child = cmd.spawn().expect("spawn colony");
             let stdout = child.stdout.take().expect("stdout");

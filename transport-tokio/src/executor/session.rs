@@ -193,6 +193,12 @@ struct JobState {
 
 impl JobState {
     fn insert_waiting(&mut self, id: u32, p: Pending) {
+        // A task whose caller was answered already (no worker) needs no place: its result,
+        // if it ever comes, is dropped.
+        let p = p.target.is_some().then_some(p);
+        if p.is_none() && (self.waiting.is_empty() || id < self.base) {
+            return;
+        }
         if self.waiting.is_empty() {
             self.base = id;
         }
@@ -205,19 +211,25 @@ impl JobState {
             self.waiting.push_back(None);
         }
         if self.waiting.len() == offset {
-            self.waiting.push_back(Some(p));
+            self.waiting.push_back(p);
         } else if let Some(slot) = self.waiting.get_mut(offset) {
-            *slot = Some(p);
+            *slot = p;
+        }
+        self.trim_front();
+    }
+
+    /// Drops the settled ids at the front.
+    fn trim_front(&mut self) {
+        while let Some(None) = self.waiting.front() {
+            self.waiting.pop_front();
+            self.base += 1;
         }
     }
 
     fn take_waiting(&mut self, id: u32) -> Option<Pending> {
         let offset = id.checked_sub(self.base)? as usize;
         let taken = self.waiting.get_mut(offset)?.take();
-        while let Some(None) = self.waiting.front() {
-            self.waiting.pop_front();
-            self.base += 1;
-        }
+        self.trim_front();
         taken
     }
 
@@ -887,11 +899,32 @@ impl Session {
         }
         let start = job.next_id.unwrap_or(total);
         if total < start {
+            // The server lost tasks it had confirmed (its data folder was replaced, say): send
+            // again every task it no longer has, oldest first.
             log::warn!(
-                "job {:?} has {total} tasks on the server, fewer than the {start} it had",
+                "job {:?} has {total} tasks on the server, fewer than the {start} it had; \
+                 sending the missing ones again",
                 job.name
             );
+            let mut lost = Vec::new();
+            while job.base + (job.waiting.len() as u32) > total {
+                match job.waiting.pop_back() {
+                    Some(Some(p)) => lost.push(p),
+                    Some(None) => {}
+                    None => break,
+                }
+            }
+            job.base = job.base.min(total);
+            job.trim_front();
+            while let Some(p) = job.unacked.pop_back() {
+                job.queued.push_front(p);
+            }
+            for p in lost {
+                job.queued.push_front(p);
+            }
+            job.next_id = Some(total);
         }
+        let start = job.next_id.unwrap_or(total);
         let recorded = total.saturating_sub(start);
         let mut id = start;
         while id - start < recorded {
@@ -1086,6 +1119,12 @@ impl Session {
             }
         }
         job.queued.clear();
+        for slot in &mut job.waiting {
+            if slot.as_ref().is_some_and(|p| p.target.is_none()) {
+                *slot = None;
+            }
+        }
+        job.trim_front();
         for (_, j, p) in &mut self.delayed {
             if *j == i
                 && let Some(t) = p.target.take()
@@ -1139,7 +1178,7 @@ mod tests {
         Pending {
             inputs: Arc::new(Inputs::new()),
             index: 0,
-            target: None,
+            target: Some(Target::Slot(Arc::new(Slot::default()))),
             resubmits_left: 0,
             delay: Duration::ZERO,
             max_delay: Duration::ZERO,
@@ -1180,5 +1219,15 @@ mod tests {
         assert!(j.take_waiting(13).is_some());
         assert!(j.waiting.is_empty());
         assert!(j.take_waiting(2).is_none());
+        // A task whose caller was answered already takes no place.
+        let mut answered = pending();
+        answered.target = None;
+        j.insert_waiting(20, answered);
+        assert!(j.waiting.is_empty());
+        j.insert_waiting(21, pending());
+        answered = pending();
+        answered.target = None;
+        j.insert_waiting(22, answered);
+        assert_eq!((j.base, j.waiting.len()), (21, 2));
     }
 }
