@@ -373,8 +373,8 @@ impl Executor {
         }
     }
 
-    /// Submits one task of `kind` with `input`; waits while [`max_in_flight`]
-    /// (ExecutorBuilder::max_in_flight) tasks are outstanding.
+    /// Submits one task of `kind` with `input`; waits while
+    /// [`max_in_flight`](ExecutorBuilder::max_in_flight) tasks are outstanding.
     ///
     /// # Errors
     /// [`ExecutorError::Input`] if the input does not encode or is larger than a frame;

@@ -17,8 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant};
-use std::time::SystemTime;
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use colony_core::proto::{
     BatchBuf, Edge, ErrorCode, JobOutcome, JobSpec, Message, decode_message, encode_frame_into,
