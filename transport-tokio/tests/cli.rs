@@ -238,10 +238,21 @@ fn bench_all_smoke() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v = last_json(&out);
     let cases = v["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     check_report(&cases[0], "loop", 500);
     check_report(&cases[1], "dag", 500);
     assert_eq!(cases[0]["workers"], 3);
+    let executor = &cases[2];
+    assert_eq!(executor["case"], "executor", "{executor}");
+    assert_eq!(executor["tasks"], 500, "{executor}");
+    assert!(
+        executor["median_map_tasks_per_sec"].as_f64().unwrap() > 0.0,
+        "{executor}"
+    );
+    assert!(
+        executor["median_round_trip_p50_us"].as_u64().unwrap() > 0,
+        "{executor}"
+    );
     let text = stdout(&out);
     assert!(
         text.contains("loop: 500 tasks over 3 worker processes"),

@@ -29,7 +29,7 @@ use super::bench::Plan;
 /// Default tasks of the map.
 pub(crate) const MAP_TASKS: u32 = 1_000_000;
 
-/// Round trips measured per round.
+/// Round trips measured per round (at most as many as the map's tasks).
 const ROUND_TRIPS: usize = 2_000;
 
 /// Round trips run before measuring (connections warm, workers joined).
@@ -141,8 +141,9 @@ async fn measure(
     let mut p99s = Vec::new();
     let mut rates = Vec::new();
     for round in 0..rounds {
-        let mut latencies = Vec::with_capacity(ROUND_TRIPS);
-        for _ in 0..ROUND_TRIPS {
+        let trips = ROUND_TRIPS.min(tasks as usize).max(1);
+        let mut latencies = Vec::with_capacity(trips);
+        for _ in 0..trips {
             let started = Instant::now();
             exec.submit(&noop, &()).await?.await?;
             latencies.push(started.elapsed());
