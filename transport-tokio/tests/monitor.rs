@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use colony_tokio::executor::{Executor, Wait};
 use colony_tokio::secret::Secret;
 use colony_tokio::server::{ServerHandle, monitor_token};
 use colony_tokio::worker::{Handler, TaskCtx, TaskError, WorkerConfig, WorkerExit, run_worker};
@@ -124,6 +125,23 @@ async fn status_and_metrics_report_workers_and_jobs() {
     assert_eq!(j["finished"], false);
     assert_eq!(doc["clients"].as_array().unwrap().len(), 0);
     assert_eq!(doc["tls"], false);
+
+    // A task client shows up too.
+    let client = bounded(
+        Executor::builder(format!("ws://{addr}/"), secret.clone())
+            .name("monitored client")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let doc = status_json(addr).await;
+    let c = &doc["clients"][0];
+    assert_eq!(
+        (c["name"].as_str(), c["transport"].as_str()),
+        (Some("monitored client"), Some("ws"))
+    );
+    assert_eq!(c["in_flight"], 0);
+    bounded(client.shutdown(Wait::Yes)).await;
 
     let metrics = get(addr, "/metrics", "").await;
     assert_eq!(metrics.status, 200);
@@ -345,6 +363,13 @@ async fn the_page_shows_the_worker_and_moving_progress_in_a_real_browser() {
         .with_prefetch(0);
     let running = tokio::spawn(run_worker(worker, body));
     wait_workers(&handle, 1).await;
+    let client = bounded(
+        Executor::builder(addr.to_string(), secret.clone())
+            .name("browser-test-client")
+            .connect(),
+    )
+    .await
+    .unwrap();
     let url = format!("http://127.0.0.1:{}/", addr.port());
 
     for _ in 0..4 {
@@ -368,6 +393,10 @@ async fn the_page_shows_the_worker_and_moving_progress_in_a_real_browser() {
         first.contains(">browser job<"),
         "the job is not shown:\n{first}"
     );
+    assert!(
+        first.contains(r#"data-client-name="browser-test-client""#),
+        "the task client is not shown:\n{first}"
+    );
     let before = shown_done(&first, job.0).expect("a row for the job");
 
     for _ in 0..7 {
@@ -386,6 +415,7 @@ async fn the_page_shows_the_worker_and_moving_progress_in_a_real_browser() {
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 
+    bounded(client.shutdown(Wait::Yes)).await;
     for _ in 11..20 {
         tickets.send(()).unwrap();
     }

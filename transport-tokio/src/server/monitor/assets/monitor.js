@@ -73,6 +73,13 @@ function progressBar(job) {
   return bar;
 }
 
+// The failed count, linked to the failures' errors when there are some.
+function failures(job) {
+  if (!job.failed) return num(0);
+  return el('a', { href: 'api/jobs/' + job.id + '/failures', title: 'the last error of each failed task' },
+    num(job.failed));
+}
+
 function jobRow(job) {
   let state = el('span', { class: 'state running' }, 'running');
   if (job.finished) {
@@ -85,7 +92,7 @@ function jobRow(job) {
     el('td', {}, job.name),
     el('td', {}, progressBar(job)),
     el('td', { class: 'num job-done' }, num(job.done) + ' / ' + num(job.total)),
-    el('td', { class: 'num' + (job.failed ? ' fail' : '') }, num(job.failed)),
+    el('td', { class: 'num' + (job.failed ? ' fail' : '') }, failures(job)),
     el('td', { class: 'num' }, num(job.running)),
     el('td', { class: 'num' }, rate(job.rate)),
     el('td', { class: 'num' }, job.finished ? '–' : duration(job.eta_s === null ? null : job.eta_s * 1000)),
