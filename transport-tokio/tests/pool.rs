@@ -347,6 +347,30 @@ async fn connecting_to_nothing_gives_server_lost_after_the_window() {
     assert!(started.elapsed() < PATIENCE);
 }
 
+/// A server that is full (every connection slot taken) is tried again within the window, not
+/// taken for a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_is_tried_again() {
+    let (handle, addr, server) = start(
+        config(&secret())
+            .max_connections(1)
+            .handshake_timeout(Duration::from_millis(400)),
+    );
+    // Takes the only slot until the server drops it for not finishing its handshake.
+    let hog = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let exec = bounded(
+        Executor::builder(addr.to_string(), secret())
+            .reconnect_window(PATIENCE)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    drop(hog);
+    drop(exec);
+    handle.shutdown().await.unwrap();
+    bounded(server).await.unwrap().unwrap();
+}
+
 /// The blocking API: handles waited on with a timeout, done-callbacks, `map` as an iterator,
 /// and a drop that waits for the outstanding tasks.
 #[test]

@@ -313,9 +313,15 @@ async fn connect(config: &Config) -> Result<Connected, ExecutorError> {
         connect_and_handshake(stream, &config.secret, role, config.max_frame)
             .await
             .map_err(|e| {
+                // A full server (too many connections) or a slow handshake may pass; a wrong
+                // secret or protocol version will not.
                 let fatal = e.is_auth()
                     || matches!(e, crate::conn::HandshakeError::Protocol(_))
-                    || matches!(e, crate::conn::HandshakeError::Refused { .. });
+                    || matches!(
+                        e,
+                        crate::conn::HandshakeError::Refused { code, .. }
+                            if !matches!(code, ErrorCode::LimitExceeded | ErrorCode::Timeout)
+                    );
                 if fatal {
                     (
                         true,
