@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use colony_tokio::tls::ClientTls;
 
 /// Run data-parallel jobs across every device you can reach.
 #[derive(Debug, Parser)]
@@ -89,9 +90,21 @@ struct BenchWorkerArgs {
 struct StatusArgs {
     /// Checkpoint file to read (opened read-only, never modified).
     checkpoint: Option<PathBuf>,
-    /// Ask the server at this address (host:port) instead.
+    /// Ask the server at this address instead: `host:port`, or a `tcp://`, `tls://`, `ws://` or
+    /// `wss://` URL.
     #[arg(long, value_name = "ADDR")]
     server: Option<String>,
+    /// For a `tls://` or `wss://` server: trust the certificate authorities in this PEM file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "server",
+        conflicts_with = "tls_pin"
+    )]
+    tls_ca: Option<PathBuf>,
+    /// For a `tls://` or `wss://` server: trust exactly the certificate in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    tls_pin: Option<PathBuf>,
     /// File holding the shared secret as hex (default: the COLONY_SECRET environment variable).
     #[arg(long, value_name = "FILE", requires = "server")]
     secret_file: Option<PathBuf>,
@@ -167,7 +180,12 @@ fn status(args: &StatusArgs) -> Result<()> {
         }
         (None, Some(addr)) => {
             let secret = status::load_secret(args.secret_file.as_deref())?;
-            let s = runtime()?.block_on(status::query_server(addr, &secret))?;
+            let tls = match (&args.tls_ca, &args.tls_pin) {
+                (Some(ca), _) => Some(ClientTls::ca_file(ca)?),
+                (None, Some(pin)) => Some(ClientTls::pinned_file(pin)?),
+                (None, None) => None,
+            };
+            let s = runtime()?.block_on(status::query_server(addr, &secret, tls.as_ref()))?;
             if args.json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {

@@ -198,9 +198,9 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The TCP connection (or the TLS handshake's I/O) failed.
+    /// The TCP connection failed.
     #[error("cannot connect: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// A `tls://` or `wss://` address, and no TLS settings to trust the server with.
     #[error("{0} needs TLS settings (a CA file or a pinned certificate)")]
     NoTls(String),
@@ -208,12 +208,12 @@ pub enum ConnectError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The TLS handshake failed (untrusted certificate, ...).
-    #[error("tls handshake with {endpoint} failed: {source}")]
+    #[error("tls handshake with {endpoint} failed: {error}")]
     TlsHandshake {
         /// The server.
         endpoint: String,
         /// What failed.
-        source: io::Error,
+        error: io::Error,
     },
     /// The WebSocket upgrade failed.
     #[error("websocket upgrade with {endpoint} failed: {reason}")]
@@ -231,11 +231,17 @@ impl ConnectError {
         match self {
             ConnectError::NoTls(_) | ConnectError::Tls(_) => true,
             // rustls reports certificate and protocol faults as `InvalidData`.
-            ConnectError::TlsHandshake { source, .. } => {
-                source.kind() == io::ErrorKind::InvalidData
+            ConnectError::TlsHandshake { error, .. } => {
+                error.kind() == io::ErrorKind::InvalidData
             }
             ConnectError::Io(_) | ConnectError::WebSocket { .. } => false,
         }
+    }
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(e: io::Error) -> Self {
+        ConnectError::Io(e)
     }
 }
 
@@ -356,10 +362,10 @@ pub async fn connect(endpoint: &Endpoint, tls: Option<&ClientTls>) -> Result<Str
         if endpoint.transport.is_tls() {
             let tls = tls.ok_or_else(|| ConnectError::NoTls(endpoint.to_string()))?;
             let (connector, name) = tls.connector(&endpoint.host)?;
-            let stream = connector.connect(name, tcp).await.map_err(|source| {
+            let stream = connector.connect(name, tcp).await.map_err(|error| {
                 ConnectError::TlsHandshake {
                     endpoint: endpoint.to_string(),
-                    source,
+                    error,
                 }
             })?;
             Stream::Tls(Box::new(stream))

@@ -138,12 +138,12 @@ pub enum WorkerError {
     Address(#[from] crate::net::EndpointError),
     /// Connecting failed in a way retrying cannot mend: TLS without settings, an untrusted or
     /// mismatched certificate.
-    #[error("cannot reach the server at {addr}: {source}")]
+    #[error("cannot reach the server at {addr}: {error}")]
     Connect {
         /// The server's address.
         addr: String,
         /// What failed.
-        source: crate::net::ConnectError,
+        error: crate::net::ConnectError,
     },
     /// The OS's random source failed (handshake nonces need it).
     #[error("no random numbers for the handshake: {0}")]

@@ -162,12 +162,12 @@ impl<H: Handler> Driver<'_, H> {
                 Ok(Err(err)) if err.is_permanent() => {
                     return Err(WorkerError::Connect {
                         addr: addr.to_owned(),
-                        source: err,
+                        error: err,
                     });
                 }
                 Ok(Err(err)) => {
                     log::debug!("worker: cannot connect to {addr}: {err}");
-                    lost.last_error = format!("cannot connect: {err}");
+                    lost.last_error = err.to_string();
                     self.connection_ended();
                     continue;
                 }

@@ -15,9 +15,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use colony_core::log::{Record, ReplayError, Storage, replay_alloc};
 use colony_core::proto::{DEFAULT_MAX_FRAME, JobStatus, Message, Role};
 use colony_tokio::conn::connect_and_handshake;
+use colony_tokio::net::{self, Endpoint};
 use colony_tokio::secret::{SECRET_ENV, Secret};
+use colony_tokio::tls::ClientTls;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// How long each step of a live query (connect, handshake, answer) may take.
@@ -286,12 +287,16 @@ pub(crate) struct LiveStatus {
 ///
 /// # Errors
 /// The server cannot be reached, refuses the handshake, or does not answer in time.
-pub(crate) async fn query_server(addr: &str, secret: &Secret) -> Result<LiveStatus> {
-    let stream = timeout(LIVE_TIMEOUT, TcpStream::connect(addr))
+pub(crate) async fn query_server(
+    addr: &str,
+    secret: &Secret,
+    tls: Option<&ClientTls>,
+) -> Result<LiveStatus> {
+    let endpoint = Endpoint::parse(addr)?;
+    let stream = timeout(LIVE_TIMEOUT, net::connect(&endpoint, tls))
         .await
         .map_err(|_| anyhow!("timed out connecting to {addr}"))?
         .with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_nodelay(true)?;
     let handshake = connect_and_handshake(stream, secret, Role::Observer, DEFAULT_MAX_FRAME);
     let (mut conn, _welcome) = timeout(LIVE_TIMEOUT, handshake)
         .await
