@@ -2,7 +2,8 @@
 //!
 //! - [`server`]: the TCP server that owns the core scheduler, the checkpoint log on a file with
 //!   group commit, and the in-process handle the serving program uses.
-//! - [`worker`]: the std worker, driving the core's worker state machine over TCP.
+//! - [`worker`]: the std worker, driving the core's worker state machine over TCP, TLS or
+//!   WebSocket.
 //! - [`forloop`]: the distributed for-loop (`for item in job`), built on both.
 //! - [`executor`]: submit typed tasks ([`kind`]) to a standing server and collect their results.
 //! - [`progress`]: the terminal progress bar.

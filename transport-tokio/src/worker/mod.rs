@@ -1,5 +1,5 @@
-//! The std worker: connects to a Colony server over TCP and runs its tasks, driving the core's
-//! worker state machine ([`colony_core::worker::Worker`]).
+//! The std worker: connects to a Colony server (TCP, TLS or WebSocket: see [`crate::net`]) and
+//! runs its tasks, driving the core's worker state machine ([`colony_core::worker::Worker`]).
 //!
 //! ```no_run
 //! use colony_tokio::secret::Secret;
