@@ -231,9 +231,7 @@ impl ConnectError {
         match self {
             ConnectError::NoTls(_) | ConnectError::Tls(_) => true,
             // rustls reports certificate and protocol faults as `InvalidData`.
-            ConnectError::TlsHandshake { error, .. } => {
-                error.kind() == io::ErrorKind::InvalidData
-            }
+            ConnectError::TlsHandshake { error, .. } => error.kind() == io::ErrorKind::InvalidData,
             ConnectError::Io(_) | ConnectError::WebSocket { .. } => false,
         }
     }
@@ -358,20 +356,21 @@ impl AsyncWrite for WriteHalf {
 pub async fn connect(endpoint: &Endpoint, tls: Option<&ClientTls>) -> Result<Stream, ConnectError> {
     let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
     tcp.set_nodelay(true)?;
-    let base =
-        if endpoint.transport.is_tls() {
-            let tls = tls.ok_or_else(|| ConnectError::NoTls(endpoint.to_string()))?;
-            let (connector, name) = tls.connector(&endpoint.host)?;
-            let stream = connector.connect(name, tcp).await.map_err(|error| {
-                ConnectError::TlsHandshake {
+    let base = if endpoint.transport.is_tls() {
+        let tls = tls.ok_or_else(|| ConnectError::NoTls(endpoint.to_string()))?;
+        let (connector, name) = tls.connector(&endpoint.host)?;
+        let stream =
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|error| ConnectError::TlsHandshake {
                     endpoint: endpoint.to_string(),
                     error,
-                }
-            })?;
-            Stream::Tls(Box::new(stream))
-        } else {
-            Stream::Tcp(tcp)
-        };
+                })?;
+        Stream::Tls(Box::new(stream))
+    } else {
+        Stream::Tcp(tcp)
+    };
     match endpoint.transport {
         Transport::Tcp | Transport::Tls => Ok(base),
         Transport::Ws | Transport::Wss => {
