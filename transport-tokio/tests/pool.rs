@@ -712,6 +712,9 @@ async fn a_killed_server_restarts_on_its_data_folder() {
         .clone();
     assert_eq!(job["finished"], false);
 
+    // A task of a kind new to the executor, submitted while the server is down.
+    let new_kind = bounded(exec.submit(&square_kind(), &12)).await.unwrap();
+
     let (mut server, again, data_line) = procs::server(data.path(), addr, &secret).await;
     assert_eq!(again, addr);
     assert!(data_line.contains("1 unfinished"), "{data_line}");
@@ -724,6 +727,7 @@ async fn a_killed_server_restarts_on_its_data_folder() {
     }
     assert_eq!(bounded(results.next()).await, None);
     assert_eq!(bounded(single).await, Ok(7));
+    assert_eq!(bounded(new_kind).await, Ok(144));
 
     // An executor whose window passes while the server is down gets a clear error.
     let short = bounded(

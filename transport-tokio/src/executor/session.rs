@@ -556,6 +556,9 @@ impl Session {
         self.by_id.clear();
         self.accepts.clear();
         self.kinds_call = None;
+        // Whatever was encoded while there was no connection is stale: every job is created
+        // again below, and queued tasks go out once their job is ready.
+        self.out.clear();
         for i in 0..self.jobs.len() {
             self.start_job(i);
         }
