@@ -844,6 +844,13 @@ impl Session {
                         return Some(End::Lost("a bad status from the server".to_owned()));
                     };
                     if let Some(&i) = self.by_id.get(&status.job) {
+                        // The job's name confirms which `CreateJob` its `JobAccepted` answered.
+                        if self.jobs.get(i).is_some_and(|j| j.name != status.name) {
+                            return Some(End::Lost(format!(
+                                "{} is {:?}, not the job expected",
+                                status.job, status.name
+                            )));
+                        }
                         self.on_total(i, status.total);
                     }
                 }
