@@ -680,7 +680,7 @@ async fn a_killed_server_restarts_on_its_data_folder() {
     let data = tempfile::tempdir().unwrap();
     let secret = Secret::random().unwrap();
     let (mut server, addr, _) = procs::server(data.path(), loopback0(), &secret).await;
-    let _worker = procs::worker(addr, Some(&secret), "steady", 2, &[]);
+    let mut worker = procs::worker(addr, Some(&secret), "steady", 2, &["--announce"]);
     let exec = bounded(
         Executor::builder(addr.to_string(), secret.clone())
             .job_name("restart-test")
@@ -739,7 +739,9 @@ async fn a_killed_server_restarts_on_its_data_folder() {
     )
     .await
     .unwrap();
-    let stuck = bounded(short.submit(&sleep, &3_000)).await.unwrap();
+    let stuck = bounded(short.submit(&sleep, &2_000)).await.unwrap();
+    worker.line_starting("running sleep 2000").await;
+    // A result made durable after that task's record: the record is durable too.
     let _ = bounded(exec.submit(&sleep, &1)).await.unwrap().await;
     server.kill().await;
     match bounded(stuck).await {
@@ -750,10 +752,32 @@ async fn a_killed_server_restarts_on_its_data_folder() {
         short.submit(&sleep, &1).await,
         Err(ExecutorError::ServerLost { .. })
     ));
-    // Its job is still in the data folder, unfinished, and comes back with the server.
+    // Its job is still in the data folder, unfinished, and comes back with the server; a new
+    // executor with the same job name collects its result once a worker ran it.
     let (_server, _, data_line) = procs::server(data.path(), addr, &secret).await;
     assert!(data_line.contains("unfinished"), "{data_line}");
     assert!(!data_line.contains(" 0 unfinished"), "{data_line}");
+    let late = bounded(
+        Executor::builder(addr.to_string(), secret.clone())
+            .job_name("given-up")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let recorded = bounded(async {
+        loop {
+            let recorded = late.recorded(&sleep).await.unwrap();
+            if !recorded.results.is_empty() {
+                return recorded;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(recorded.job, "given-up/sleep");
+    assert_eq!(recorded.total, 1);
+    assert_eq!(recorded.results.len(), 1);
+    assert_eq!(recorded.results[0].1, Ok(2_000));
     bounded(exec.shutdown(Wait::Yes)).await;
 }
 

@@ -54,12 +54,14 @@ mod blocking;
 mod error;
 mod handle;
 mod map;
+mod recorded;
 mod session;
 
 pub use blocking::BlockingExecutor;
 pub use error::ExecutorError;
 pub use handle::TaskHandle;
 pub use map::{MapIter, MapStream};
+pub use recorded::Recorded;
 
 pub use crate::kind::TaskKind;
 
@@ -282,6 +284,7 @@ impl ExecutorBuilder {
         Ok(Executor {
             shared: Arc::new(Shared {
                 cmds: tx,
+                config,
                 closed: AtomicBool::new(false),
                 state,
                 job_base,
@@ -304,6 +307,8 @@ impl ExecutorBuilder {
 #[derive(Debug)]
 struct Shared {
     cmds: mpsc::UnboundedSender<Cmd>,
+    /// The connection settings, for side connections ([`Executor::recorded`]).
+    config: Arc<Config>,
     /// `shutdown` was called: no more submissions.
     closed: AtomicBool,
     state: Arc<State>,

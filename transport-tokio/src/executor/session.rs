@@ -244,14 +244,14 @@ impl JobState {
 
 /// The connection's outgoing side: frames appended by the session, written by a writer task.
 #[derive(Debug, Default)]
-struct Wire {
+pub(super) struct Wire {
     buf: Mutex<Vec<u8>>,
     notify: Notify,
     closing: std::sync::atomic::AtomicBool,
 }
 
 impl Wire {
-    fn push(&self, frames: &mut Vec<u8>) {
+    pub(super) fn push(&self, frames: &mut Vec<u8>) {
         if frames.is_empty() {
             return;
         }
@@ -266,7 +266,7 @@ impl Wire {
         self.notify.notify_one();
     }
 
-    fn close(&self) {
+    pub(super) fn close(&self) {
         self.closing.store(true, Ordering::Release);
         self.notify.notify_one();
     }
@@ -295,15 +295,24 @@ impl Wire {
 
 /// A welcomed connection.
 pub(super) struct Connected {
-    reader: FrameReader<ReadHalf>,
-    wire: Arc<Wire>,
-    writer: JoinHandle<std::io::Result<()>>,
+    pub(super) reader: FrameReader<ReadHalf>,
+    pub(super) wire: Arc<Wire>,
+    pub(super) writer: JoinHandle<std::io::Result<()>>,
     max_frame: u32,
     heartbeat: Duration,
 }
 
+/// The name of the job an executor whose job name is `base` uses for `kind` with `attempts`.
+pub(super) fn job_name(base: &str, kind: &str, attempts: u16) -> String {
+    if attempts == RetryPolicy::default().attempts_per_task() {
+        format!("{base}/{kind}")
+    } else {
+        format!("{base}/{kind}/{attempts}")
+    }
+}
+
 /// Connects and runs the handshake as a task client.
-async fn connect(config: &Config) -> Result<Connected, ExecutorError> {
+pub(super) async fn connect(config: &Config) -> Result<Connected, ExecutorError> {
     let attempt = async {
         let endpoint = Endpoint::parse(&config.addr).map_err(|e| (true, e.to_string()))?;
         let stream: Stream = net::connect(&endpoint, config.tls.as_ref())
@@ -678,11 +687,7 @@ impl Session {
         if let Some(&i) = self.by_key.get(&(Arc::clone(kind), attempts)) {
             return i;
         }
-        let name = if attempts == RetryPolicy::default().attempts_per_task() {
-            format!("{}/{kind}", self.config.job_base)
-        } else {
-            format!("{}/{kind}/{attempts}", self.config.job_base)
-        };
+        let name = job_name(&self.config.job_base, kind, attempts);
         let i = self.jobs.len();
         self.jobs.push(JobState {
             kind: Arc::clone(kind),
