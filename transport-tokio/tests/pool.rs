@@ -191,6 +191,18 @@ async fn clients_breaking_rules_are_dropped_with_a_reason() {
         0,
         "nothing was added"
     );
+
+    // A frame above the agreed limit.
+    let raw = RawClient::connect(addr, &secret()).await;
+    let mut stream = raw.conn.into_inner();
+    let too_big = colony_core::proto::DEFAULT_MAX_FRAME + 1;
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &too_big.to_le_bytes())
+        .await
+        .unwrap();
+    let mut conn = colony_tokio::conn::FramedConn::new(stream);
+    let message = bounded(conn.read_message()).await.unwrap();
+    let text = format!("{message:?}");
+    assert!(text.contains("FrameTooLarge"), "{text}");
     handle.shutdown().await.unwrap();
     bounded(server).await.unwrap().unwrap();
 }
