@@ -55,6 +55,36 @@ async fn submit_and_map_through_an_in_process_pool() {
     }
     assert_eq!(n, 1000);
 
+    // The same as a `futures_core::Stream`, with a window of 3.
+    let mut stream = exec.map_with(&sum, 1..=10u64, RetryPolicy::default(), 3);
+    let mut sums = Vec::new();
+    while let Some(r) = bounded(std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+    }))
+    .await
+    {
+        sums.push(r.unwrap());
+    }
+    assert_eq!(sums, [1, 3, 6, 10, 15, 21, 28, 36, 45, 55]);
+
+    // One task in flight at a time: the map waits for each permit to come back.
+    let narrow = bounded(
+        Executor::builder(addr.to_string(), secret())
+            .max_in_flight(1)
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut results = narrow.map(&sum, 0..50u64);
+    let mut n = 0u64;
+    while let Some(r) = bounded(results.next()).await {
+        assert_eq!(r, Ok(n * (n + 1) / 2));
+        n += 1;
+    }
+    assert_eq!(n, 50);
+    drop(results);
+    bounded(narrow.shutdown(Wait::Yes)).await;
+
     let fail = fail_kind();
     let bad = bounded(exec.submit_with(&fail, &"boom".to_owned(), RetryPolicy::attempts(2)))
         .await

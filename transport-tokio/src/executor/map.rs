@@ -1,8 +1,8 @@
 //! [`MapStream`] and [`MapIter`]: the results of `map`, in input order, with a bounded window of
 //! tasks in flight.
 //!
-//! The stream pulls inputs from the caller's iterator only as the window has room, submits them
-//! in batches, and yields results strictly in input order (a result that arrives early waits in a
+//! The stream (a [`futures_core::Stream`]) pulls inputs from the caller's iterator only as the
+//! window has room, submits them in batches, and yields results strictly in input order (a result that arrives early waits in a
 //! ring until those before it have been yielded).
 //!
 //! Invariants:
@@ -14,8 +14,9 @@
 //!   arrive.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use colony_core::sched::Inputs;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, TryAcquireError};
 
 use super::error::ExecutorError;
 use super::handle::Raw;
@@ -99,8 +101,11 @@ impl MapShared {
     }
 }
 
-/// The results of [`Executor::map`], in input order (see the module docs). Get them with
-/// [`next`](Self::next).
+/// Waiting for an in-flight permit when the map has nothing in flight.
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The results of [`Executor::map`], in input order (see the module docs): a
+/// [`futures_core::Stream`], or call [`next`](Self::next).
 pub struct MapStream<In, Out, I> {
     exec: Executor,
     kind: Arc<str>,
@@ -112,6 +117,11 @@ pub struct MapStream<In, Out, I> {
     exhausted: bool,
     shared: Arc<MapShared>,
     scratch: Vec<u8>,
+    /// A permit being waited for, and one obtained that way and not yet used.
+    acquiring: Option<Acquiring>,
+    spare: usize,
+    /// Why no more inputs can be submitted (the executor stopped).
+    error: Option<ExecutorError>,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -150,134 +160,183 @@ where
             exhausted: false,
             shared: Arc::new(MapShared::default()),
             scratch: Vec::new(),
+            acquiring: None,
+            spare: 0,
+            error: None,
             _types: PhantomData,
         }
     }
 
-    /// Submits inputs while the window has room and the executor has permits.
-    async fn top_up(&mut self) -> Result<(), ExecutorError> {
+    /// Submits inputs while the window has room and the executor has permits. Returns `true`
+    /// when it started waiting for a permit (nothing is in flight and none is free): poll
+    /// `acquiring` then.
+    fn fill(&mut self) -> Result<bool, ExecutorError> {
+        let permits = Arc::clone(&self.exec.shared.state.permits);
         while !self.exhausted {
             let in_flight = self.submitted - self.yielded;
             let room = usize::try_from(self.window - in_flight).unwrap_or(usize::MAX);
             if room == 0 {
-                return Ok(());
+                return Ok(false);
             }
-            let permits = self.exec.shared.state.permits.as_ref();
-            let mut granted = permits.available_permits().min(room);
+            let mut granted = std::mem::take(&mut self.spare).min(room);
+            let wanted = permits.available_permits().min(room - granted);
+            if wanted > 0 {
+                match permits.try_acquire_many(u32::try_from(wanted).unwrap_or(u32::MAX)) {
+                    Ok(permit) => {
+                        permit.forget();
+                        granted += wanted;
+                    }
+                    Err(TryAcquireError::NoPermits) => {}
+                    Err(TryAcquireError::Closed) => return Err(self.exec.stopped()),
+                }
+            }
             if granted == 0 {
-                if in_flight > 0 {
-                    return Ok(());
+                if in_flight == 0 {
+                    self.acquiring = Some(Box::pin(Arc::clone(&permits).acquire_owned()));
+                    return Ok(true);
                 }
-                granted = 1;
-                permits
-                    .acquire()
-                    .await
-                    .map_err(|_| self.exec.stopped())?
-                    .forget();
-            } else {
-                match permits.try_acquire_many(u32::try_from(granted).unwrap_or(u32::MAX)) {
-                    Ok(permit) => permit.forget(),
-                    Err(tokio::sync::TryAcquireError::NoPermits) => continue,
-                    Err(tokio::sync::TryAcquireError::Closed) => return Err(self.exec.stopped()),
-                }
+                return Ok(false);
             }
-            let max_input = self.exec.max_input();
-            let mut run = Inputs::with_capacity(granted, 16 * granted);
-            let mut run_first = self.submitted;
-            let mut sent = 0usize;
-            let mut taken = 0usize;
-            while taken < granted {
-                let Some(input) = self.inputs.next() else {
-                    self.exhausted = true;
-                    break;
-                };
-                let index = self.submitted;
-                self.submitted += 1;
-                taken += 1;
-                self.scratch.clear();
-                let encoded = postcard::to_extend(&input, std::mem::take(&mut self.scratch));
-                let error = match encoded {
-                    Ok(bytes) => {
-                        let len = bytes.len();
-                        if len <= max_input {
-                            if run.is_empty() {
-                                run_first = index;
-                            }
-                            run.push(&bytes);
-                        }
-                        self.scratch = bytes;
-                        (len > max_input).then(|| {
-                            format!("its input of {len} bytes is more than the {max_input} a frame holds")
-                        })
-                    }
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(error) = error {
-                    // It takes its place among the results, with its error.
-                    if !run.is_empty() {
-                        sent += run.len();
-                        let run = std::mem::take(&mut run);
-                        self.exec.send_map(
-                            &self.kind,
-                            self.policy,
-                            run,
-                            &self.shared,
-                            run_first,
-                        )?;
-                    }
-                    let kind = self.kind.to_string();
-                    self.shared
-                        .deliver(index, Err(ExecutorError::Input { kind, error }));
-                }
-            }
-            if !run.is_empty() {
-                sent += run.len();
-                self.exec
-                    .send_map(&self.kind, self.policy, run, &self.shared, run_first)?;
-            }
+            let sent = self.submit_up_to(granted)?;
             if granted > sent {
                 permits.add_permits(granted - sent);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
-    /// The next result, in input order; `None` after the last one.
-    pub async fn next(&mut self) -> Option<Result<Out, ExecutorError>> {
-        if let Err(e) = self.top_up().await
-            && self.yielded == self.submitted
-        {
-            self.exhausted = true;
-            return self.take_error(e);
+    /// Takes up to `granted` inputs and submits them; returns how many were sent (inputs that
+    /// cannot be encoded take their place among the results with their error, and no permit).
+    fn submit_up_to(&mut self, granted: usize) -> Result<usize, ExecutorError> {
+        let max_input = self.exec.max_input();
+        let mut run = Inputs::with_capacity(granted, 16 * granted);
+        let mut run_first = self.submitted;
+        let mut sent = 0usize;
+        let mut taken = 0usize;
+        while taken < granted {
+            let Some(input) = self.inputs.next() else {
+                self.exhausted = true;
+                break;
+            };
+            let index = self.submitted;
+            self.submitted += 1;
+            taken += 1;
+            self.scratch.clear();
+            let encoded = postcard::to_extend(&input, std::mem::take(&mut self.scratch));
+            let error = match encoded {
+                Ok(bytes) => {
+                    let len = bytes.len();
+                    if len <= max_input {
+                        if run.is_empty() {
+                            run_first = index;
+                        }
+                        run.push(&bytes);
+                    }
+                    self.scratch = bytes;
+                    (len > max_input).then(|| {
+                        format!(
+                            "its input of {len} bytes is more than the {max_input} a frame holds"
+                        )
+                    })
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = error {
+                if !run.is_empty() {
+                    sent += run.len();
+                    let run = std::mem::take(&mut run);
+                    self.exec
+                        .send_map(&self.kind, self.policy, run, &self.shared, run_first)?;
+                }
+                let kind = self.kind.to_string();
+                self.shared
+                    .deliver(index, Err(ExecutorError::Input { kind, error }));
+            }
+        }
+        if !run.is_empty() {
+            sent += run.len();
+            self.exec
+                .send_map(&self.kind, self.policy, run, &self.shared, run_first)?;
+        }
+        Ok(sent)
+    }
+
+    /// One step of the stream: tops the window up, then takes the next result in order.
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Out, ExecutorError>>> {
+        loop {
+            if let Some(acquiring) = self.acquiring.as_mut() {
+                match acquiring.as_mut().poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        permit.forget();
+                        self.acquiring = None;
+                        self.spare += 1;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        self.acquiring = None;
+                        self.error = Some(self.exec.stopped());
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if self.error.is_some() {
+                break;
+            }
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.error = Some(e);
+                    break;
+                }
+            }
         }
         if self.yielded == self.submitted {
-            return None;
+            if let Some(e) = self.error.take() {
+                // Report it once, in place of the inputs that could not be submitted.
+                self.exhausted = true;
+                if self.inputs.next().is_some() {
+                    self.submitted += 1;
+                    self.yielded += 1;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            if self.exhausted {
+                return Poll::Ready(None);
+            }
+            // Waiting for a permit.
+            return Poll::Pending;
         }
-        let raw = poll_fn(|cx| self.shared.poll_front(cx)).await;
+        let raw = std::task::ready!(self.shared.poll_front(cx));
         self.yielded += 1;
-        Some(raw.and_then(|bytes| {
+        Poll::Ready(Some(raw.and_then(|bytes| {
             postcard::from_bytes(&bytes).map_err(|e| ExecutorError::Decode {
                 kind: self.kind.to_string(),
                 error: e.to_string(),
             })
-        }))
+        })))
     }
 
-    /// Reports a submission failure once, then ends the stream.
-    fn take_error(&mut self, e: ExecutorError) -> Option<Result<Out, ExecutorError>> {
-        if self.inputs.next().is_some() {
-            self.submitted += 1;
-            self.yielded += 1;
-            Some(Err(e))
-        } else {
-            None
-        }
+    /// The next result, in input order; `None` after the last one.
+    pub async fn next(&mut self) -> Option<Result<Out, ExecutorError>> {
+        poll_fn(|cx| self.poll_step(cx)).await
     }
 
-    /// Results not yet yielded (submitted or not): a lower bound from the window's point of
-    /// view; `None` once the inputs are exhausted and everything was yielded.
+    /// Tasks submitted whose results were not yet yielded.
     pub fn in_flight(&self) -> u64 {
         self.submitted - self.yielded
+    }
+}
+
+impl<In, Out, I> futures_core::Stream for MapStream<In, Out, I>
+where
+    In: Serialize,
+    Out: DeserializeOwned,
+    I: Iterator<Item = In> + Unpin,
+{
+    type Item = Result<Out, ExecutorError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_step(cx)
     }
 }
 
