@@ -535,6 +535,16 @@ mod procs {
             }
         }
 
+        /// SIGTERM, and its exit status.
+        pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
+            let pid = self.child.id().expect("running") as libc::pid_t;
+            // SAFETY: sending a signal to our own child process; no memory is involved.
+            #[allow(unsafe_code)]
+            let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+            assert_eq!(sent, 0, "kill failed");
+            bounded(self.child.wait()).await.expect("wait")
+        }
+
         /// SIGKILL, and reap.
         pub(crate) async fn kill(&mut self) {
             self.child.start_kill().expect("kill");
@@ -633,7 +643,7 @@ fn sleep_kind() -> TaskKind<u64, u64> {
 async fn four_executors_share_three_worker_processes() {
     let data = tempfile::tempdir().unwrap();
     let secret = Secret::random().unwrap();
-    let (_server, addr, _) = procs::server(data.path(), loopback0(), &secret).await;
+    let (mut server, addr, _) = procs::server(data.path(), loopback0(), &secret).await;
     let _workers: Vec<_> = (0..3)
         .map(|i| {
             procs::worker(
@@ -683,6 +693,20 @@ async fn four_executors_share_three_worker_processes() {
             .await
             .expect("an executor did not finish in time")
             .unwrap();
+    }
+
+    // SIGTERM stops the server cleanly: its checkpoint holds the four jobs, finished (their
+    // executors said goodbye once every task settled).
+    assert!(server.terminate().await.success());
+    let ckpt = data.path().join("jobs.ckpt");
+    let (ok, out, err) = procs::run(&["status", ckpt.to_str().unwrap(), "--json"], None).await;
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let jobs = status["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4, "{out}");
+    for job in jobs {
+        assert_eq!(job["done"], N, "{job}");
+        assert_eq!(job["finished"], true, "{job}");
     }
 }
 
