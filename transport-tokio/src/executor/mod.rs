@@ -31,7 +31,7 @@
 //!   brings the job back after a restart.
 //! - **In flight.** At most [`ExecutorBuilder::max_in_flight`] tasks are submitted and not yet
 //!   settled; `submit` waits for room. A `map` keeps at most its window in flight and yields
-//!   results in input order.
+//!   results in input order (a [`futures_core::Stream`], or call [`MapStream::next`]).
 //! - **No worker.** A task whose kind no connected worker declares stays queued on the server;
 //!   if none comes within [`ExecutorBuilder::no_worker_wait`], its handle gives
 //!   [`ExecutorError::NoWorker`] (the task stays queued, its result is dropped if it comes).
@@ -39,7 +39,9 @@
 //!   [`ExecutorBuilder::reconnect_window`]; the executor then re-attaches its jobs by name and
 //!   collects the results recorded meanwhile, so a server restarted on its data folder loses no
 //!   task. Past the window every waiting handle gives [`ExecutorError::ServerLost`]: nothing
-//!   waits for ever.
+//!   waits for ever. The results stay on the server: an executor with the same
+//!   [`job_name`](ExecutorBuilder::job_name), in any process, collects them with
+//!   [`Executor::recorded`].
 //! - **Retries.** [`RetryPolicy`]: attempts per task on the server (a worker that dies or hangs
 //!   costs its task an attempt), then optional resubmissions from here with backoff.
 //! - **Shutdown.** [`Executor::shutdown`] stops taking tasks, lets the outstanding ones finish and

@@ -26,9 +26,11 @@ enum Outcome {
 
 impl Executor {
     /// Every result recorded on the server for this executor's job of `kind` (named
-    /// `{job name}/{kind}`, see [`ExecutorBuilder::job_name`](super::ExecutorBuilder::job_name)),
-    /// in task order, with the total number of tasks the job has: task ids count the job's tasks
-    /// in the order they were submitted. Tasks not yet settled are absent.
+    /// `{job name}/{kind}`, see [`ExecutorBuilder::job_name`](super::ExecutorBuilder::job_name);
+    /// the job of the executor's default retry policy), in task order, with the total number of
+    /// tasks the job has: task ids count the job's tasks in the order they were submitted (a task
+    /// sent again after a reconnect counts where it was recorded). Tasks not yet settled are
+    /// absent.
     ///
     /// # Errors
     /// The server cannot be reached, or refuses (a job of that name with another kind).
