@@ -38,7 +38,8 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "DIR", default_value = "colony-data")]
     pub(crate) data: PathBuf,
     /// File holding the shared secret as hex (default: the COLONY_SECRET environment variable,
-    /// else DIR/secret, created on first start; required for a non-loopback address).
+    /// else DIR/secret, created on first start). A non-loopback address needs this file or
+    /// COLONY_SECRET.
     #[arg(long, value_name = "FILE")]
     pub(crate) secret_file: Option<PathBuf>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
