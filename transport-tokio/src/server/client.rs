@@ -47,7 +47,7 @@ use tokio::task::AbortHandle;
 
 use super::engine::Event;
 use super::outbox::Outbox;
-use super::peer::{CallRunner, PeerCtx, Refusal, drain};
+use super::peer::{CallRunner, PeerCtx, ReadEnd, Refusal, drain, range_in};
 use crate::conn::FrameReader;
 use crate::net::Transport;
 
@@ -179,19 +179,6 @@ pub(super) enum ClientIn {
     Builtin { call: u32, name: Range<usize> },
     /// The client leaves on purpose.
     Goodbye,
-}
-
-/// How a read ended.
-enum ReadEnd {
-    More,
-    Goodbye,
-    Over(Refusal),
-}
-
-/// The byte range of `inner` within `outer` (`inner` is a subslice of it).
-fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
-    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
-    start..start + inner.len()
 }
 
 /// Decodes every frame buffered in `reader` into `items`.

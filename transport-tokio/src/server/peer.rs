@@ -450,18 +450,18 @@ fn clip(text: &str, max: usize) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
-/// How a read ended.
-enum ReadEnd {
+/// How a read ended (for workers here, and for task clients in `client.rs`).
+pub(super) enum ReadEnd {
     /// More may come.
     More,
-    /// The worker said goodbye (an [`In::Goodbye`] was queued).
+    /// The peer said goodbye (for a worker, an [`In::Goodbye`] was queued).
     Goodbye,
     /// The connection is over; the reason for the log and, if the peer is at fault, the code.
     Over(Refusal),
 }
 
 /// The byte range of `inner` within `outer` (`inner` is a subslice of it).
-fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
+pub(super) fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     start..start + inner.len()
 }
