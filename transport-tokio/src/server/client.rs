@@ -40,14 +40,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use colony_core::JobId;
-use colony_core::proto::{ErrorCode, Message, decode_message};
+use colony_core::proto::{Message, decode_message};
 use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::task::AbortHandle;
 
 use super::engine::Event;
 use super::outbox::Outbox;
-use super::peer::{CallRunner, PeerCtx, ReadEnd, Refusal, drain, range_in};
+use super::peer::{CallRunner, PeerCtx, ReadEnd, Refusal, drain, idle_expired, range_in};
 use crate::conn::FrameReader;
 use crate::net::Transport;
 
@@ -315,18 +315,10 @@ async fn read_client<R: AsyncRead + Unpin>(
                 decode_buffered(&mut reader, &mut items, &calls)
             }
             Some(Err(e)) => ReadEnd::Over(Refusal::conn(e)),
-            None => {
-                let due = last_read + idle;
-                if due > tokio::time::Instant::now() {
-                    idle_check.as_mut().reset(due);
-                    continue;
-                }
-                ReadEnd::Over(Refusal {
-                    code: Some(ErrorCode::Timeout),
-                    reason: format!("silent for {idle:?}, taken for dead"),
-                    quiet: false,
-                })
-            }
+            None => match idle_expired(idle, last_read, idle_check.as_mut()) {
+                Some(refusal) => ReadEnd::Over(refusal),
+                None => continue,
+            },
         };
         if !items.is_empty() {
             let chunk = reader.split_consumed(Vec::with_capacity(READ_BUFFER));

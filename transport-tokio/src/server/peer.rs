@@ -460,6 +460,26 @@ pub(super) enum ReadEnd {
     Over(Refusal),
 }
 
+/// The idle limit of a reader, kept with one timer pushed back lazily (a read only notes the
+/// time): when the timer fires, either the peer read since (the timer moves to the new due time,
+/// `None`) or it has been silent for `idle` (the refusal to drop it with).
+pub(super) fn idle_expired(
+    idle: Duration,
+    last_read: tokio::time::Instant,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Option<Refusal> {
+    let due = last_read + idle;
+    if due > tokio::time::Instant::now() {
+        timer.reset(due);
+        return None;
+    }
+    Some(Refusal {
+        code: Some(ErrorCode::Timeout),
+        reason: format!("silent for {idle:?}, taken for dead"),
+        quiet: false,
+    })
+}
+
 /// The byte range of `inner` within `outer` (`inner` is a subslice of it).
 pub(super) fn range_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
@@ -555,18 +575,10 @@ async fn read_worker<R: AsyncRead + Unpin>(
                 decode_buffered(&mut reader, &mut items, &calls)
             }
             Some(Err(e)) => ReadEnd::Over(Refusal::conn(e)),
-            None => {
-                let due = last_read + idle;
-                if due > tokio::time::Instant::now() {
-                    idle_check.as_mut().reset(due);
-                    continue;
-                }
-                ReadEnd::Over(Refusal {
-                    code: Some(ErrorCode::Timeout),
-                    reason: format!("silent for {idle:?}, taken for dead"),
-                    quiet: false,
-                })
-            }
+            None => match idle_expired(idle, last_read, idle_check.as_mut()) {
+                Some(refusal) => ReadEnd::Over(refusal),
+                None => continue,
+            },
         };
         if !items.is_empty() {
             let chunk = if items.iter().any(In::borrows) {
